@@ -1,0 +1,111 @@
+"""Configuration of MoCo v1 / v2 / v3 (He et al. 2020; Chen et al. 2020; Chen, Xie, He 2021)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+_VERSIONS = (1, 2, 3)
+_EVAL_FEATURES = ("backbone", "projection")
+
+
+class MoCoConfig(PretrainedConfig):
+    r"""Configuration of a MoCo model (:class:`MoCoModel`).
+
+    Args:
+        version (`int`, defaults to 2):
+            1 = linear head, queue; 2 = MLP head, queue; 3 = no queue, projector + predictor with BN,
+            symmetric ``2*tau`` loss over all-gathered keys, cosine momentum schedule.
+        backbone (`str`, defaults to `"resnet50"`): any timm model name.
+        backbone_kwargs (`dict`, *optional*): extra ``timm.create_model`` arguments (e.g. ``img_size``).
+        cifar_stem (`bool`, defaults to `False`): 3x3 stride-1 ResNet stem without max-pool.
+        proj_hidden_dim (`int`, defaults to 0): projector hidden width; 0 means the backbone's feature
+            width (MoCo v2's ``Linear(d, d)``). MoCo v3 uses 4096.
+        proj_dim (`int`, defaults to 128): output dimension of the projection (v1/v2 128, v3 256).
+        proj_num_layers (`int`, defaults to 2): Linear layers in the projector (v1 1, v2 2, v3 ResNet 2,
+            v3 ViT 3).
+        pred_hidden_dim (`int`, defaults to 4096): predictor hidden width (v3 only).
+        tau (`float`, defaults to 0.2): softmax temperature (v1 0.07, v2 0.2, CIFAR 0.1, v3 1.0 / 0.2).
+        queue_size (`int`, defaults to 65536): number of negative keys (v1/v2; CIFAR 4096).
+        momentum (`float`, defaults to 0.999): key-encoder momentum (the base value for v3's cosine schedule).
+        momentum_schedule (`str`, defaults to `"constant"`): ``"constant"`` or ``"cosine"`` (to 1.0).
+        symmetric (`bool`, defaults to `False`): v1/v2 only: both ``(q1, k2)`` and ``(q2, k1)`` terms, both
+            key sets enqueued. v3 is always symmetric.
+        shuffle_bn (`bool`, defaults to `True`): compute keys on a batch shuffled across ranks (v1/v2).
+        bn_splits (`int`, defaults to 1): SplitBatchNorm splits in the backbone; 8 simulates 8 GPUs on one
+            device (MoCo CIFAR Colab).
+        freeze_patch_embed (`bool`, defaults to `False`): v3 ViT trick: a fixed random patch projection.
+        eval_features (`str`, defaults to `"backbone"`): features used by kNN / probes: pooled backbone
+            output or the L2-normalised projection (the MoCo Colab's 128-d kNN monitor).
+        image_size (`int`, defaults to 224): training resolution (recorded for evaluation and export).
+        image_mean / image_std (`list[float]`): normalisation used in training.
+    """
+
+    model_type = "hf_mixssl_moco"
+
+    def __init__(
+        self,
+        *,
+        version: int = 2,
+        backbone: str = "resnet50",
+        backbone_kwargs: dict[str, Any] | None = None,
+        cifar_stem: bool = False,
+        proj_hidden_dim: int = 0,
+        proj_dim: int = 128,
+        proj_num_layers: int = 2,
+        pred_hidden_dim: int = 4096,
+        tau: float = 0.2,
+        queue_size: int = 65536,
+        momentum: float = 0.999,
+        momentum_schedule: str = "constant",
+        symmetric: bool = False,
+        shuffle_bn: bool = True,
+        bn_splits: int = 1,
+        freeze_patch_embed: bool = False,
+        eval_features: str = "backbone",
+        image_size: int = 224,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if version not in _VERSIONS:
+            raise ValueError(f"version must be one of {_VERSIONS}, got {version!r}")
+        if not isinstance(backbone, str) or not backbone:
+            raise ValueError(f"backbone must be a timm model name, got {backbone!r}")
+        for field, value in (("proj_dim", proj_dim), ("proj_num_layers", proj_num_layers),
+                             ("pred_hidden_dim", pred_hidden_dim), ("queue_size", queue_size),
+                             ("bn_splits", bn_splits), ("image_size", image_size)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        if not isinstance(proj_hidden_dim, int) or proj_hidden_dim < 0:
+            raise ValueError(f"proj_hidden_dim must be >= 0 (0 = backbone width), got {proj_hidden_dim!r}")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        if momentum_schedule not in ("constant", "cosine"):
+            raise ValueError(f"momentum_schedule must be 'constant' or 'cosine', got {momentum_schedule!r}")
+        if eval_features not in _EVAL_FEATURES:
+            raise ValueError(f"eval_features must be one of {_EVAL_FEATURES}, got {eval_features!r}")
+        self.version = version
+        self.backbone = backbone
+        self.backbone_kwargs = dict(backbone_kwargs or {})
+        self.cifar_stem = cifar_stem
+        self.proj_hidden_dim = proj_hidden_dim
+        self.proj_dim = proj_dim
+        self.proj_num_layers = proj_num_layers
+        self.pred_hidden_dim = pred_hidden_dim
+        self.tau = float(tau)
+        self.queue_size = queue_size
+        self.momentum = float(momentum)
+        self.momentum_schedule = momentum_schedule
+        self.symmetric = symmetric
+        self.shuffle_bn = shuffle_bn
+        self.bn_splits = bn_splits
+        self.freeze_patch_embed = freeze_patch_embed
+        self.eval_features = eval_features
+        self.image_size = image_size
+        self.image_mean = list(image_mean or (0.485, 0.456, 0.406))
+        self.image_std = list(image_std or (0.229, 0.224, 0.225))
+        super().__init__(**kwargs)

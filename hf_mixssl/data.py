@@ -1,0 +1,333 @@
+"""``datasets`` streaming -> fixed-size batches of views, with exact resume and a bad-image policy.
+
+Pipeline per rank::
+
+    load_dataset(path, split, streaming=True)          # raw rows; images kept as undecoded bytes
+      -> shuffle(seed, buffer_size).set_epoch(epoch)   # reproducible order per epoch
+      -> split_dataset_by_node(rank, world)            # each rank reads its own part
+      -> raw chunks read in the main process           # cheap: bytes only
+      -> decode + views in worker processes            # the expensive part, in parallel, ordered
+
+Every sample's augmentation is seeded from ``(seed, epoch, rank, row index)``, so the views do not depend
+on the number of workers, and the stream position is one number per epoch: resuming skips the raw rows
+already consumed and reproduces the same batches. Bad images (corrupt or truncated bytes, tiny images)
+are skipped and counted; grayscale, CMYK, RGBA and palette images are converted to RGB and counted.
+The stream is deliberately *not* passed through ``accelerator.prepare`` (that would re-shard it).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "jpg", "png", "jpeg", "picture")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "cls", "class", "target")
+
+
+# ------------------------------------------------------------------------------------ columns
+def detect_columns(
+    features: Any, column_names: list[str], *, image_column: str | None, label_column: str | None,
+    source: str,
+) -> tuple[str, str | None]:
+    """Pick the image and label columns: explicit names win, then feature types, then common names.
+
+    Raises ``ValueError`` naming the dataset and listing its columns when no image column exists.
+    """
+    from datasets import ClassLabel, Image as ImageFeature
+
+    if image_column is not None and image_column not in column_names:
+        raise ValueError(f"image_column {image_column!r} is not a column of {source}; columns: {column_names}")
+    if label_column is not None and label_column not in column_names:
+        raise ValueError(f"label_column {label_column!r} is not a column of {source}; columns: {column_names}")
+    feats = dict(features or {})
+    if image_column is None:
+        typed = [c for c in column_names if isinstance(feats.get(c), ImageFeature)]
+        named = [c for c in IMAGE_COLUMN_CANDIDATES if c in column_names]
+        if not (typed or named):
+            raise ValueError(
+                f"{source} has no image column (no Image feature and none of {IMAGE_COLUMN_CANDIDATES}); "
+                f"columns: {column_names}. Pass --image_column."
+            )
+        image_column = (typed or named)[0]
+    if label_column is None:
+        typed = [c for c in column_names if isinstance(feats.get(c), ClassLabel)]
+        named = [c for c in LABEL_COLUMN_CANDIDATES if c in column_names]
+        label_column = (typed or named or [None])[0]
+    return image_column, label_column
+
+
+# ------------------------------------------------------------------------------------ decoding
+def decode_image(value: Any, *, min_size: int = 4) -> tuple[Image.Image | None, str]:
+    """Undecoded dataset cell -> ``(RGB image or None, status)``.
+
+    ``status`` is ``"ok"``, ``"converted:<mode>"`` (made RGB), ``"corrupt"`` or ``"too_small"``.
+    Accepts ``{"bytes", "path"}`` dicts (``Image(decode=False)``), raw bytes, paths and PIL images.
+    """
+    try:
+        if isinstance(value, Image.Image):
+            img = value
+        elif isinstance(value, dict):
+            data, path = value.get("bytes"), value.get("path")
+            img = Image.open(io.BytesIO(data)) if data is not None else Image.open(path)
+        elif isinstance(value, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(value))
+        elif isinstance(value, str):
+            img = Image.open(value)
+        else:
+            return None, "corrupt"
+        img.load()  # truncated files fail here, not later inside a transform
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError):
+        return None, "corrupt"
+    if min(img.size) < min_size:
+        return None, "too_small"
+    if img.mode == "RGB":
+        return img, "ok"
+    mode = img.mode
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Composite on white: dropping alpha would expose whatever colour hides under transparency.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB"), f"converted:{mode}"
+
+
+def sample_seed(seed: int, epoch: int, rank: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentation (SplitMix64-style mixing of the four integers)."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB + index) & (2**64 - 1)
+    x ^= x >> 31
+    x = (x * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x ^= x >> 29
+    return x & (2**63 - 1)
+
+
+@dataclass
+class _Chunk:
+    """Raw rows handed to a worker: their stream indices, undecoded images and labels."""
+
+    epoch: int
+    indices: list[int]
+    images: list[Any]
+    labels: list[int]
+
+
+def process_chunk(
+    chunk: _Chunk, transform: Callable[[Image.Image], torch.Tensor], seed: int, rank: int, min_size: int
+) -> tuple[list[int], torch.Tensor | None, list[int], Counter]:
+    """Decode and transform a chunk; returns ``(kept indices, stacked views, labels, status counts)``."""
+    kept, tensors, labels, counts = [], [], [], Counter()
+    for idx, value, label in zip(chunk.indices, chunk.images, chunk.labels):
+        img, status = decode_image(value, min_size=min_size)
+        counts[status.split(":")[0]] += 1
+        if status.startswith("converted"):
+            counts[status] += 1
+        if img is None:
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(seed, chunk.epoch, rank, idx))
+            tensors.append(transform(img))
+        kept.append(idx)
+        labels.append(label)
+    return kept, (torch.stack(tensors) if tensors else None), labels, counts
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # workers parallelise across processes; threads would oversubscribe cores
+
+
+# ------------------------------------------------------------------------------------ stream
+@dataclass
+class StreamState:
+    """Where a rank's stream stands: the epoch and the raw rows consumed by emitted batches."""
+
+    epoch: int = 0
+    position: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+
+@dataclass
+class ImageStream:
+    """A rank's batches over a ``datasets`` split: ``{"pixel_values": [B, ...], "labels": [B]}``.
+
+    Args:
+        dataset: path or Hub id for ``load_dataset``.
+        split: split name.
+        transform: ``PIL -> tensor`` (a view generator or an eval transform).
+        batch_size: per-device batch size; training batches are always full (``drop_last``).
+        name: dataset config name.
+        image_column / label_column: auto-detected when ``None``.
+        shuffle: shuffle with ``seed`` and ``buffer_size`` (reshuffled every epoch).
+        seed, rank, world_size: reproducibility and the rank's share of the stream.
+        num_workers: decode/augment processes (0 = in the main process).
+        infinite: cycle epochs forever (training) instead of one pass (evaluation, partial last batch).
+        max_samples: stop after this many raw rows per pass (evaluation subsets).
+        min_image_size: images with a side below this are skipped.
+    """
+
+    dataset: str
+    split: str
+    transform: Callable[[Image.Image], torch.Tensor]
+    batch_size: int
+    name: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    shuffle: bool = True
+    seed: int = 0
+    buffer_size: int = 10_000
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 0
+    infinite: bool = True
+    max_samples: int | None = None
+    min_image_size: int = 4
+    chunk_size: int = 64
+    state: StreamState = field(default_factory=StreamState)
+    counts: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        self._base = self._load()
+
+    # -- construction
+    def _load(self):
+        from datasets import Image as ImageFeature
+        from datasets import load_dataset
+
+        source = f"dataset {self.dataset!r} (split {self.split!r})"
+        try:
+            ds = load_dataset(self.dataset, self.name, split=self.split, streaming=True)
+        except (ValueError, FileNotFoundError) as e:  # unknown split or path: say which
+            raise ValueError(f"cannot load {source}: {e}") from e
+        columns = list(ds.column_names or (ds.features or {}).keys())
+        self.image_column, self.label_column = detect_columns(
+            ds.features, columns, image_column=self.image_column, label_column=self.label_column, source=source
+        )
+        keep = [self.image_column] + ([self.label_column] if self.label_column else [])
+        ds = ds.select_columns(keep)
+        if isinstance((ds.features or {}).get(self.image_column), ImageFeature):
+            ds = ds.cast_column(self.image_column, ImageFeature(decode=False))  # decode in workers, safely
+        if self.shuffle:
+            ds = ds.shuffle(seed=self.seed, buffer_size=self.buffer_size)
+        if self.world_size > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
+        return ds
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.state = StreamState(epoch=int(state["epoch"]), position=int(state["position"]))
+
+    def state_dict(self) -> dict[str, int]:
+        return self.state.state_dict()
+
+    # -- iteration
+    def _raw_chunks(self, epoch: int, start: int) -> Iterator[_Chunk]:
+        ds = self._base
+        if self.shuffle:
+            ds.set_epoch(epoch)
+        rows = enumerate(iter(ds))
+        end = self.max_samples
+        # Skipping reads only undecoded bytes, so resuming mid-epoch is cheap.
+        rows = itertools.islice(rows, start, end)
+        while True:
+            block = list(itertools.islice(rows, self.chunk_size))
+            if not block:
+                return
+            yield _Chunk(
+                epoch=epoch,
+                indices=[i for i, _ in block],
+                images=[r[self.image_column] for _, r in block],
+                labels=[int(r[self.label_column]) if self.label_column else -1 for _, r in block],
+            )
+
+    def _processed(self, chunks: Iterator[_Chunk], pool) -> Iterator[tuple]:
+        args = (self.transform, self.seed, self.rank, self.min_image_size)
+        if pool is None:
+            for chunk in chunks:
+                yield process_chunk(chunk, *args)
+            return
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(process_chunk, (chunk, *args)))
+            if len(pending) >= 2 * self.num_workers:  # bounded prefetch keeps memory flat
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        pool = None
+        if self.num_workers > 0:
+            ctx = torch.multiprocessing.get_context("fork")
+            pool = ctx.Pool(self.num_workers, initializer=_worker_init)
+        try:
+            while True:
+                emitted = 0
+                for batch in self._one_epoch(pool):
+                    emitted += 1
+                    yield batch
+                if not self.infinite:
+                    return
+                if emitted == 0 and self.state.position == 0:
+                    raise ValueError(
+                        f"dataset {self.dataset!r} split {self.split!r} gives this rank fewer than "
+                        f"batch_size={self.batch_size} usable images per epoch"
+                    )
+                self.state = StreamState(epoch=self.state.epoch + 1, position=0)
+        finally:
+            if pool is not None:
+                pool.terminate()
+
+    def _one_epoch(self, pool) -> Iterator[dict[str, Any]]:
+        epoch, start = self.state.epoch, self.state.position
+        buf_idx: list[int] = []
+        buf_x: list[torch.Tensor] = []
+        buf_y: list[int] = []
+        for kept, x, labels, counts in self._processed(self._raw_chunks(epoch, start), pool):
+            self._count(counts)
+            if x is None:
+                continue
+            buf_idx.extend(kept)
+            buf_x.extend(x.unbind(0))
+            buf_y.extend(labels)
+            while len(buf_x) >= self.batch_size:
+                yield self._emit(buf_idx, buf_x, buf_y, self.batch_size)
+        if buf_x and not self.infinite:
+            yield self._emit(buf_idx, buf_x, buf_y, len(buf_x))
+
+    def _emit(self, idx: list[int], xs: list[torch.Tensor], ys: list[int], n: int) -> dict[str, Any]:
+        batch = {"pixel_values": torch.stack(xs[:n]), "labels": torch.tensor(ys[:n], dtype=torch.long)}
+        # The position is the row after the last emitted sample; buffered leftovers are re-read on resume.
+        self.state = StreamState(epoch=self.state.epoch, position=idx[n - 1] + 1)
+        del idx[:n], xs[:n], ys[:n]
+        return batch
+
+    def _count(self, counts: Counter) -> None:
+        self.counts.update(counts)  # the trainer logs these totals
+
+
+def count_rows(dataset: str, split: str, *, name: str | None = None) -> int:
+    """Number of rows in a split: from the dataset's metadata when present, else by one cheap pass."""
+    from datasets import load_dataset
+
+    ds = load_dataset(dataset, name, split=split, streaming=True)
+    info = getattr(ds, "info", None)
+    splits = getattr(info, "splits", None) or {}
+    if split in splits and splits[split].num_examples:
+        return int(splits[split].num_examples)
+    cols = list(ds.column_names or [])
+    small = [c for c in cols if c in LABEL_COLUMN_CANDIDATES] or cols[:1]
+    return sum(1 for _ in ds.select_columns(small))

@@ -1,0 +1,97 @@
+"""Feature extraction and the weighted kNN monitor; metrics go through shipped ``evaluate`` modules.
+
+Weighted kNN as in InstDisc (Wu et al., 2018) and the MoCo CIFAR Colab: cosine similarity of
+L2-normalised features, the top ``k`` training neighbours vote for their class with weight
+``exp(sim / T)``, and the class with the largest summed weight wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+
+
+def load_metric(name: str = "accuracy"):
+    """Load a metric module shipped in ``hf_mixssl/metrics/<name>`` by path (no Hub access)."""
+    import evaluate
+
+    path = METRICS_DIR / name
+    if not (path / f"{name}.py").is_file():
+        raise ValueError(f"no shipped metric named {name!r}; available: {sorted(p.name for p in METRICS_DIR.iterdir())}")
+    return evaluate.load(str(path))
+
+
+@torch.no_grad()
+def extract_features(
+    features_fn: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``features_fn`` over ``{"pixel_values", "labels"}`` batches -> ``(feats [N, D] fp32, labels [N])``."""
+    feats, labels = [], []
+    device = torch.device(device)
+    for batch in batches:
+        x = batch["pixel_values"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            f = features_fn(x)
+        feats.append(f.float().cpu())
+        labels.append(batch["labels"].cpu())
+    if not feats:
+        raise ValueError("no batches to extract features from")
+    return torch.cat(feats), torch.cat(labels)
+
+
+@torch.no_grad()
+def knn_predict(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    *,
+    num_classes: int,
+    knn_k: int = 200,
+    knn_t: float = 0.1,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Weighted kNN class prediction.
+
+    ``score[c] = sum_{j in topk(sim)} exp(sim_j / T) * [label_j == c]``, ``sim = <q/|q|, b/|b|>``.
+
+    Args:
+        query: ``[N, D]`` features to classify.
+        bank: ``[M, D]`` training features.
+        bank_labels: ``[M]`` class indices in ``[0, num_classes)``.
+    Returns:
+        ``[N]`` predicted classes.
+    """
+    if knn_k <= 0 or knn_t <= 0:
+        raise ValueError(f"knn_k and knn_t must be positive, got knn_k={knn_k}, knn_t={knn_t}")
+    bank = F.normalize(bank.float(), dim=1)
+    k = min(knn_k, bank.shape[0])
+    preds = []
+    for q in F.normalize(query.float(), dim=1).split(chunk_size):
+        sim, idx = (q @ bank.t()).topk(k, dim=1)  # [n, k]
+        weights = (sim / knn_t).exp()
+        one_hot = F.one_hot(bank_labels[idx], num_classes).float()  # [n, k, C]
+        scores = (one_hot * weights.unsqueeze(-1)).sum(dim=1)
+        preds.append(scores.argmax(dim=1))
+    return torch.cat(preds)
+
+
+def knn_accuracy(
+    train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, test_labels: torch.Tensor,
+    *, knn_k: int = 200, knn_t: float = 0.1, num_classes: int | None = None,
+) -> float:
+    """Top-1 accuracy of :func:`knn_predict`, computed by the shipped ``evaluate`` accuracy module."""
+    if (train_labels < 0).any() or (test_labels < 0).any():
+        raise ValueError("kNN evaluation needs labelled data: the dataset has no label column")
+    num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
+    preds = knn_predict(test_feats, train_feats, train_labels, num_classes=num_classes, knn_k=knn_k, knn_t=knn_t)
+    metric = load_metric("accuracy")
+    return float(metric.compute(predictions=preds.tolist(), references=test_labels.tolist())["accuracy"])

@@ -1,0 +1,51 @@
+"""Pure loss functions for self-supervised and mixup training, with thin module wrappers.
+
+Each function states its formula, paper and shapes; model files call these instead of inlining the math.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, *, tau: float) -> torch.Tensor:
+    """MoCo v1/v2 InfoNCE against a queue of negatives (He et al., 2020, Eq. 1).
+
+    ``logits = [q·k+, q·queueᵀ] / tau``, the positive at index 0, ``loss = CE(logits, 0)``.
+
+    Args:
+        q: ``[B, D]`` L2-normalised queries (with gradient).
+        k: ``[B, D]`` L2-normalised positive keys (no gradient).
+        queue: ``[K, D]`` L2-normalised negative keys.
+        tau: temperature.
+
+    Returns:
+        Scalar mean loss over the batch.
+    """
+    l_pos = (q * k).sum(dim=1, keepdim=True)  # [B, 1]
+    l_neg = q @ queue.t()  # [B, K]
+    logits = torch.cat([l_pos, l_neg], dim=1) / tau
+    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def contrastive_all_keys(
+    q: torch.Tensor, k_all: torch.Tensor, *, tau: float, offset: int = 0
+) -> torch.Tensor:
+    """MoCo v3 contrastive loss over all-gathered keys (Chen, Xie, He, 2021, Alg. 1).
+
+    ``loss = CE(q·k_allᵀ / tau, arange(B) + offset) * 2 * tau``; the ``2*tau`` factor is the official
+    code's scaling that keeps gradients comparable across temperatures.
+
+    Args:
+        q: ``[B, D]`` queries of this rank (normalised here).
+        k_all: ``[W*B, D]`` keys gathered from every rank (normalised here, no gradient).
+        tau: temperature.
+        offset: index of this rank's first positive in ``k_all`` (``rank * B``).
+    """
+    q = F.normalize(q.float(), dim=1)
+    k_all = F.normalize(k_all.float(), dim=1)
+    logits = q @ k_all.t() / tau
+    labels = torch.arange(q.shape[0], device=q.device) + offset
+    return F.cross_entropy(logits, labels) * (2 * tau)

@@ -1,0 +1,180 @@
+"""MoCo v1 / v2 / v3 as a ``transformers.PreTrainedModel`` over a timm backbone.
+
+Papers: He et al., "Momentum Contrast for Unsupervised Visual Representation Learning" (CVPR 2020);
+Chen et al., "Improved Baselines with Momentum Contrastive Learning" (2020); Chen, Xie, He, "An Empirical
+Study of Training Self-Supervised Vision Transformers" (ICCV 2021). Official code:
+github.com/facebookresearch/moco, github.com/facebookresearch/moco-v3.
+
+Only sibling role modules are imported (``from .x import``), so ``save_pretrained`` can ship this file
+with the weights and ``trust_remote_code=True`` works without hf_mixssl installed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .backbones import create_backbone, pooled_features
+from .configuration_moco import MoCoConfig
+from .distributed import batch_shuffle, batch_unshuffle, concat_all_gather, rank
+from .heads import build_mlp, convert_split_bn, revert_split_bn
+from .losses import contrastive_all_keys, info_nce_queue
+from .momentum import KeyQueue, make_momentum_copy, momentum_schedule, update_momentum
+
+
+@dataclass
+class MoCoOutput(ModelOutput):
+    """MoCo forward output.
+
+    Args:
+        loss: total loss, ``loss_12 + loss_21`` (``loss_12`` alone for asymmetric v1/v2).
+        loss_12: contrastive loss of queries from view 1 against keys from view 2.
+        loss_21: the reverse direction (``None`` for asymmetric v1/v2).
+    """
+
+    loss: torch.Tensor | None = None
+    loss_12: torch.Tensor | None = None
+    loss_21: torch.Tensor | None = None
+
+
+class MoCoPreTrainedModel(PreTrainedModel):
+    config_class = MoCoConfig
+    config: MoCoConfig
+    base_model_prefix = "moco"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # timm initialises its own layers in its constructor and our heads use PyTorch's default init
+        # (as the official MoCo code does); transformers' default N(0, 0.02) would overwrite both.
+        # Only non-persistent buffers need rebuilding after a meta-device `from_pretrained`.
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+
+
+def _build_projector(config: MoCoConfig, in_dim: int) -> nn.Sequential:
+    """v1: ``Linear(d, 128)``; v2: ``Linear(d, d) ReLU Linear(d, 128)``; v3: ``[Linear BN ReLU]* Linear BN``."""
+    hidden = config.proj_hidden_dim or in_dim
+    dims = [in_dim] + [hidden] * (config.proj_num_layers - 1) + [config.proj_dim]
+    if config.version == 3:
+        return build_mlp(dims, norm=True, bias=False, last_norm=True, last_norm_affine=False)
+    return build_mlp(dims)
+
+
+class MoCoModel(MoCoPreTrainedModel):
+    """MoCo: query encoder (backbone + projector [+ predictor]) and its momentum key encoder.
+
+    ``forward(pixel_values: [B, 2, C, H, W])`` returns a :class:`MoCoOutput`. The training loop calls
+    :meth:`update_momentum` after each optimizer step; the v1/v2 queue is filled in ``forward`` in
+    training mode only.
+    """
+
+    def __init__(self, config: MoCoConfig) -> None:
+        super().__init__(config)
+        self.backbone = create_backbone(config.backbone, cifar_stem=config.cifar_stem, **config.backbone_kwargs)
+        convert_split_bn(self.backbone, config.bn_splits)
+        if config.freeze_patch_embed:
+            patch_embed = getattr(self.backbone, "patch_embed", None)
+            if patch_embed is None:
+                raise ValueError(f"freeze_patch_embed=True needs a ViT backbone; {config.backbone} has no patch_embed")
+            patch_embed.requires_grad_(False)
+        dim = self.backbone.num_features
+        self.projector = _build_projector(config, dim)
+        self.predictor = None
+        if config.version == 3:
+            # ResNet predictor ends without BN, ViT's with BN (official `_build_projector_and_predictor_mlps`).
+            is_vit = hasattr(self.backbone, "patch_embed")
+            self.predictor = build_mlp(
+                [config.proj_dim, config.pred_hidden_dim, config.proj_dim],
+                norm=True, bias=False, last_norm=is_vit, last_norm_affine=False,
+            )
+        self.backbone_k = make_momentum_copy(self.backbone)
+        self.projector_k = make_momentum_copy(self.projector)
+        self.queue = KeyQueue(config.queue_size, config.proj_dim) if config.version < 3 else None
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------- momentum
+    @torch.no_grad()
+    def update_momentum(self, progress: float) -> float:
+        """EMA step of the key encoder at training ``progress`` in [0, 1]; returns the momentum used."""
+        m = momentum_schedule(progress, base=self.config.momentum, kind=self.config.momentum_schedule)
+        update_momentum(self.backbone_k, self.backbone, m=m)
+        update_momentum(self.projector_k, self.projector, m=m)
+        return m
+
+    # ----------------------------------------------------------------------------------- encoders
+    def _query(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.projector(pooled_features(self.backbone, x))
+        return self.predictor(z) if self.predictor is not None else z
+
+    @torch.no_grad()
+    def _key(self, x: torch.Tensor, *, shuffle: bool) -> torch.Tensor:
+        if shuffle:
+            x, idx_unshuffle = batch_shuffle(x)
+        k = self.projector_k(pooled_features(self.backbone_k, x))
+        if shuffle:
+            k = batch_unshuffle(k, idx_unshuffle)
+        return k
+
+    @torch.no_grad()
+    def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Features for kNN / linear probes: ``[B, C, H, W] -> [B, D]`` (``config.eval_features``)."""
+        feats = pooled_features(self.backbone, pixel_values)
+        if self.config.eval_features == "projection":
+            feats = F.normalize(self.projector(feats), dim=1)
+        return feats
+
+    def get_encoder(self) -> nn.Module:
+        """The trained query backbone as a standalone plain timm model (a copy, SplitBatchNorm reverted)."""
+        return revert_split_bn(copy.deepcopy(self.backbone))
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
+    ) -> MoCoOutput:
+        """``pixel_values: [B, 2, C, H, W]`` two augmented views; ``labels`` are ignored."""
+        if pixel_values.ndim != 5 or pixel_values.shape[1] < 2:
+            raise ValueError(
+                f"MoCo expects pixel_values of shape [B, 2, C, H, W] (two views), got {tuple(pixel_values.shape)}"
+            )
+        x1, x2 = pixel_values[:, 0], pixel_values[:, 1]
+        if self.config.version == 3:
+            return self._forward_v3(x1, x2)
+        return self._forward_v12(x1, x2)
+
+    def _forward_v12(self, x1: torch.Tensor, x2: torch.Tensor) -> MoCoOutput:
+        tau, shuffle = self.config.tau, self.config.shuffle_bn and self.training
+        # Clone: the queue is updated in place below, before backward reads it.
+        queue = self.queue.queue.clone().detach()
+        q1 = F.normalize(self._query(x1), dim=1)
+        k2 = F.normalize(self._key(x2, shuffle=shuffle), dim=1)
+        loss_12 = info_nce_queue(q1, k2, queue, tau=tau)
+        keys, loss_21 = [k2], None
+        if self.config.symmetric:
+            q2 = F.normalize(self._query(x2), dim=1)
+            k1 = F.normalize(self._key(x1, shuffle=shuffle), dim=1)
+            loss_21 = info_nce_queue(q2, k1, queue, tau=tau)
+            keys.insert(0, k1)
+        if self.training:
+            self.queue.enqueue(concat_all_gather(torch.cat(keys)))
+        loss = loss_12 if loss_21 is None else loss_12 + loss_21
+        return MoCoOutput(loss=loss, loss_12=loss_12, loss_21=loss_21)
+
+    def _forward_v3(self, x1: torch.Tensor, x2: torch.Tensor) -> MoCoOutput:
+        tau = self.config.tau
+        q1, q2 = self._query(x1), self._query(x2)
+        k1 = concat_all_gather(self._key(x1, shuffle=False))
+        k2 = concat_all_gather(self._key(x2, shuffle=False))
+        offset = rank() * x1.shape[0]
+        loss_12 = contrastive_all_keys(q1, k2, tau=tau, offset=offset)
+        loss_21 = contrastive_all_keys(q2, k1, tau=tau, offset=offset)
+        return MoCoOutput(loss=loss_12 + loss_21, loss_12=loss_12, loss_21=loss_21)
+
+
+__all__ = ["MoCoModel", "MoCoOutput", "MoCoPreTrainedModel"]

@@ -1,0 +1,432 @@
+"""The pretraining loop: Accelerate + datasets streaming, for every method.
+
+Contract with the models: ``forward(pixel_values, labels)`` returns a ``ModelOutput`` whose first field is
+``loss`` and whose other tensor fields are loss terms (all logged); ``update_momentum(progress)`` is called
+after each real optimizer step; ``extract_features(x)`` feeds the kNN monitor.
+
+Reliability: checkpoints are written to a temporary directory and renamed into place, so a crash or
+``kill -9`` mid-save leaves the previous checkpoint loadable; SIGINT/SIGTERM finish the current step, save
+and exit; a non-finite loss stops the run before the optimizer step, naming the step and the loss terms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .arguments import MODEL_FIELDS, PretrainArguments
+from .configuration_moco import MoCoConfig
+from .data import ImageStream, count_rows
+from .evaluation import extract_features, knn_accuracy
+from .modeling_moco import MoCoModel
+from .transforms import eval_transform, view_transform
+
+logger = logging.getLogger("hf_mixssl")
+
+MODEL_CLASSES: dict[str, tuple[type, type]] = {
+    "moco_v1": (MoCoConfig, MoCoModel),
+    "moco_v2": (MoCoConfig, MoCoModel),
+    "moco_v3": (MoCoConfig, MoCoModel),
+}
+CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss term is NaN or Inf; the last good checkpoint is untouched."""
+
+
+# ------------------------------------------------------------------------------- pure helpers
+def learning_rate_at(step: int, *, total: int, warmup: int, peak: float, final: float, schedule: str) -> float:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine to ``final`` (or constant)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if schedule == "constant":
+        return peak
+    progress = (step - warmup) / max(1, total - warmup)
+    return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_model(args: PretrainArguments, extra: dict[str, Any]) -> nn.Module:
+    """The method's model from the resolved arguments (``None`` fields keep the config defaults)."""
+    config_cls, model_cls = MODEL_CLASSES[args.method]
+    values = {k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k) is not None}
+    if "version" in extra:
+        values["version"] = extra["version"]
+    return model_cls(config_cls(**values))
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (temporary ``.tmp_*`` dirs are ignored)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(spec: str, output_dir: Path) -> Path | None:
+    """``latest`` -> newest complete checkpoint (or ``None``); a path -> that checkpoint, validated."""
+    if spec == "latest":
+        ckpts = list_checkpoints(output_dir / "checkpoints")
+        return ckpts[-1] if ckpts else None
+    path = Path(spec)
+    if not (path / "trainer_state.json").is_file():
+        raise ValueError(f"--resume_from_checkpoint {spec!r} is not a checkpoint (no trainer_state.json)")
+    return path
+
+
+def _trackers(report_to: str) -> list[str]:
+    names = [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
+    if names == ["all"]:
+        names = ["tensorboard", "wandb", "trackio"]
+    available = []
+    for name in names:
+        module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}.get(name, name)
+        try:
+            __import__(module)
+            available.append(name)
+        except ImportError:
+            logger.warning("tracker %r is not installed; skipping it", name)
+    return available
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag checked after each step; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a test launcher): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("signal %d received: finishing this step, saving a checkpoint and stopping", signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------- trainer
+class Pretrainer:
+    """Owns the accelerator, model, optimizer, data stream and checkpoints of one run."""
+
+    def __init__(self, args: PretrainArguments, extra: dict[str, Any]) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        self.args, self.extra = args, extra
+        self.output_dir = Path(args.output_dir)
+        trackers = _trackers(args.report_to)
+        # mixed_precision is left to `accelerate launch --mixed_precision` / ACCELERATE_MIXED_PRECISION.
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with=trackers or None,
+            project_dir=str(self.output_dir),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        )
+        acc = self.accelerator
+        self._setup_logging()
+        set_seed(args.seed)
+        self.model = build_model(args, extra)
+        self.config = self.model.config
+        if args.sync_bn and acc.num_processes > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.global_batch = args.per_device_batch_size * acc.num_processes * args.gradient_accumulation_steps
+        self.peak_lr = args.learning_rate * (self.global_batch / 256 if args.scale_lr else 1.0)
+        self.optimizer = self._build_optimizer()
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+
+        views = view_transform(
+            args.views or "moco_v2", size=self.config.image_size, mean=self.config.image_mean,
+            std=self.config.image_std, min_scale=args.min_crop_scale,
+        )
+        self.stream = ImageStream(
+            args.dataset, args.train_split, views, args.per_device_batch_size, name=args.dataset_config,
+            image_column=args.image_column, label_column=args.label_column, shuffle=True, seed=args.seed,
+            buffer_size=args.shuffle_buffer_size, rank=acc.process_index, world_size=acc.num_processes,
+            num_workers=args.num_workers, infinite=True, min_image_size=args.min_image_size,
+        )
+        self.total_steps, self.steps_per_epoch = self._plan_steps()
+        warmup = args.warmup_steps
+        if warmup is None:
+            warmup = int(round((args.warmup_epochs or 0) * self.steps_per_epoch))
+        self.warmup_steps = warmup
+        self.global_step = 0
+        self.last_checkpoint: Path | None = None
+
+    # -- setup
+    def _setup_logging(self) -> None:
+        acc = self.accelerator
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if acc.is_main_process:
+            handler = logging.FileHandler(self.output_dir / "train.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+            self._log_handler = handler
+        logger.setLevel(logging.INFO if acc.is_main_process else logging.WARNING)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        from timm.optim import create_optimizer_v2
+
+        args = self.args
+        kwargs: dict[str, Any] = {}
+        if args.optimizer in ("sgd", "lars"):
+            kwargs["momentum"] = args.sgd_momentum
+        if args.optimizer == "adamw" and args.adam_betas:
+            kwargs["betas"] = tuple(args.adam_betas)
+        # Frozen (momentum) parameters are skipped by timm's parameter grouping (requires_grad=False).
+        return create_optimizer_v2(
+            self.model, opt=args.optimizer, lr=self.peak_lr, weight_decay=args.weight_decay,
+            filter_bias_and_bn=args.exclude_bias_norm_wd, **kwargs,
+        )
+
+    def _plan_steps(self) -> tuple[int, int]:
+        args = self.args
+        rows = count_rows(args.dataset, args.train_split, name=args.dataset_config)
+        steps_per_epoch = max(1, rows // self.global_batch)
+        total = args.max_steps if args.max_steps is not None else int(math.ceil(args.num_epochs * steps_per_epoch))
+        return total, steps_per_epoch
+
+    # -- checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_N`` atomically: save into ``.tmp_step_N``, then rename."""
+        acc = self.accelerator
+        root = self.output_dir / "checkpoints"
+        final = root / f"step_{self.global_step:08d}"
+        tmp = root / f".tmp_step_{self.global_step:08d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        (tmp / f"stream_state_{acc.process_index}.json").write_text(json.dumps(self.stream.state_dict()))
+        if acc.is_main_process:
+            state = {"global_step": self.global_step, "total_steps": self.total_steps,
+                     "num_processes": acc.num_processes, "method": self.args.method}
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in list_checkpoints(root)[: -self.args.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        self.last_checkpoint = final
+        logger.info("saved checkpoint %s", final)
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        acc = self.accelerator
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state["num_processes"] != acc.num_processes:
+            raise ValueError(
+                f"checkpoint {path} was written by {state['num_processes']} processes, this run has "
+                f"{acc.num_processes}: the data stream cannot be resumed exactly"
+            )
+        acc.load_state(str(path))
+        self.stream.load_state_dict(json.loads((path / f"stream_state_{acc.process_index}.json").read_text()))
+        self.global_step = int(state["global_step"])
+        self.last_checkpoint = path
+        logger.info("resumed from %s at step %d", path, self.global_step)
+
+    # -- evaluation
+    def evaluate_knn(self) -> dict[str, float]:
+        """Weighted kNN top-1 on the eval split with train-split features (main process only)."""
+        acc, args = self.accelerator, self.args
+        result: dict[str, float] = {}
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            was_training = model.training
+            model.eval()
+            tf = eval_transform(size=self.config.image_size, mean=self.config.image_mean, std=self.config.image_std)
+            split = args.eval_split or self._default_eval_split()
+
+            def features(split_name: str, limit: int | None):
+                stream = ImageStream(
+                    args.dataset, split_name, tf, 256, name=args.dataset_config, image_column=args.image_column,
+                    label_column=args.label_column, shuffle=False, infinite=False, max_samples=limit,
+                    num_workers=0, min_image_size=args.min_image_size,
+                )
+                dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else None
+                return extract_features(model.extract_features, stream, device=acc.device, autocast_dtype=dtype)
+
+            train_f, train_y = features(args.train_split, args.knn_train_samples)
+            test_f, test_y = features(split, args.knn_test_samples)
+            top1 = knn_accuracy(train_f, train_y, test_f, test_y, knn_k=args.knn_k, knn_t=args.knn_t)
+            result = {"knn_top1": top1, "knn_train_samples": len(train_y), "knn_test_samples": len(test_y)}
+            model.train(was_training)
+            logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, top1, len(train_y), len(test_y))
+        acc.wait_for_everyone()
+        return result
+
+    def _default_eval_split(self) -> str:
+        from datasets import get_dataset_split_names
+
+        names = get_dataset_split_names(self.args.dataset, self.args.dataset_config)
+        for candidate in ("test", "validation", "valid", "val"):
+            if candidate in names:
+                return candidate
+        raise ValueError(f"dataset {self.args.dataset!r} has no test/validation split ({names}); pass --eval_split")
+
+    # -- the loop
+    def _log(self, metrics: dict[str, float]) -> None:
+        acc = self.accelerator
+        if not acc.is_main_process:
+            return
+        if acc.trackers:
+            acc.log(metrics, step=self.global_step)
+        with open(self.output_dir / "train_log.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.global_step, **metrics}) + "\n")
+
+    def _check_finite(self, output: Any, stop: _StopRequest) -> bool:
+        """All-rank agreement on (non-finite loss, stop requested); raises on non-finite loss."""
+        acc = self.accelerator
+        terms = {k: v.detach() for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+        bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+        flags = torch.tensor([float(bool(bad)), float(stop.requested)], device=acc.device)
+        if acc.num_processes > 1:
+            flags = acc.reduce(flags, reduction="sum")
+        if flags[0] > 0:
+            values = ", ".join(f"{k}={terms[k].item()}" for k in bad) or "on another rank"
+            where = self.last_checkpoint or "none (no checkpoint was saved yet)"
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.global_step + 1}: {values}; stopping before the optimizer "
+                f"step. Last good checkpoint: {where}"
+            )
+        return bool(flags[1] > 0)
+
+    def train(self) -> dict[str, Any]:
+        acc, args = self.accelerator, self.args
+        if args.resume_from_checkpoint:
+            path = resolve_checkpoint(args.resume_from_checkpoint, self.output_dir)
+            if path is not None:
+                self.load_checkpoint(path)
+            else:
+                logger.info("no checkpoint in %s: starting from scratch", self.output_dir / "checkpoints")
+        if acc.is_main_process:
+            resolved = {**dataclasses.asdict(args), **self.extra, "model_config": self.config.to_dict()}
+            (self.output_dir / "training_args.json").write_text(json.dumps(resolved, indent=2, default=str))
+        if acc.trackers or _trackers(args.report_to):
+            flat = {k: v for k, v in dataclasses.asdict(args).items() if isinstance(v, (int, float, str, bool))}
+            acc.init_trackers(Path(args.output_dir).name or "hf_mixssl", config=flat)
+
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=self.total_steps, initial=self.global_step, disable=not acc.is_main_process,
+                        desc=f"{args.method}", dynamic_ncols=True)
+        model = self.model
+        unwrapped = acc.unwrap_model(model)
+        model.train()
+        interrupted = False
+        eval_results: dict[str, float] = {}
+        window_images, window_start = 0, time.perf_counter()
+        batches = iter(self.stream)
+        self._set_lr(self.global_step)
+        try:
+            with _StopRequest() as stop:
+                while self.global_step < self.total_steps:
+                    batch = next(batches)
+                    x = batch["pixel_values"].to(acc.device, non_blocking=True)
+                    y = batch["labels"].to(acc.device, non_blocking=True)
+                    with acc.accumulate(model):
+                        output = model(pixel_values=x, labels=y)  # prepare() added autocast when mixed
+                        stop_now = self._check_finite(output, stop)
+                        acc.backward(output.loss)
+                        if acc.sync_gradients and args.max_grad_norm:
+                            acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    window_images += x.shape[0] * acc.num_processes
+                    if not acc.sync_gradients:
+                        continue
+                    # A real optimizer step happened: move the momentum encoder, then the schedule.
+                    self.global_step += 1
+                    m = unwrapped.update_momentum(self.global_step / self.total_steps) if hasattr(
+                        unwrapped, "update_momentum") else None
+                    lr = self._set_lr(self.global_step)
+                    progress.update(1)
+                    if self.global_step % args.logging_steps == 0 or self.global_step == self.total_steps:
+                        elapsed = time.perf_counter() - window_start
+                        metrics = {k: float(v.detach().float()) for k, v in output.items()
+                                   if isinstance(v, torch.Tensor) and v.ndim == 0}
+                        metrics.update(lr=lr, images_per_sec=window_images / max(elapsed, 1e-9),
+                                       epoch=self.global_step / self.steps_per_epoch)
+                        if m is not None:
+                            metrics["momentum"] = m
+                        bad = {f"images_{k}": float(v) for k, v in self.stream.counts.items() if k != "ok"}
+                        metrics.update(bad)
+                        self._log(metrics)
+                        progress.set_postfix(loss=f"{metrics['loss']:.4f}", ips=f"{metrics['images_per_sec']:.0f}")
+                        window_images, window_start = 0, time.perf_counter()
+                    if args.knn_every > 0 and self.global_step % args.knn_every == 0 and self.global_step < self.total_steps:
+                        knn = self.evaluate_knn()
+                        self._log(knn)
+                    if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
+                        self.save_checkpoint()
+                    if stop_now:
+                        interrupted = True
+                        break
+        finally:
+            progress.close()
+            batches.close()
+        if interrupted:
+            if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.global_step:08d}"):
+                self.save_checkpoint()
+            logger.warning("stopped by signal at step %d; resume with --resume_from_checkpoint latest", self.global_step)
+            acc.end_training()
+            return {"interrupted": True, "global_step": self.global_step, "checkpoint": str(self.last_checkpoint)}
+        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.global_step:08d}"):
+            self.save_checkpoint()
+        if args.knn_every >= 0:
+            eval_results = self.evaluate_knn()
+            self._log(eval_results)
+        self._save_final(eval_results)
+        acc.end_training()
+        return {"interrupted": False, "global_step": self.global_step, **eval_results}
+
+    def _set_lr(self, step: int) -> float:
+        lr = learning_rate_at(step, total=self.total_steps, warmup=self.warmup_steps, peak=self.peak_lr,
+                              final=self.args.min_lr, schedule=self.args.lr_schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def _save_final(self, eval_results: dict[str, float]) -> None:
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            model.save_pretrained(self.output_dir, safe_serialization=True)
+            results = {"global_step": self.global_step, "method": self.args.method,
+                       "dataset": self.args.dataset, **eval_results}
+            (self.output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
+            logger.info("saved model and eval_results.json to %s", self.output_dir)
+        acc.wait_for_everyone()
+
+
+def pretrain(args: PretrainArguments, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) one pretraining run; returns the final step and evaluation results."""
+    return Pretrainer(args, extra or {}).train()

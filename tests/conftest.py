@@ -1,0 +1,82 @@
+"""Shared fixtures: the real CIFAR-10 shards, tiny timm backbones and a small dataset with bad images."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may need the Hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10 = (REPO.parent / "shared" / "datasets" / "cifar10").resolve()
+
+
+@pytest.fixture(scope="session")
+def cifar10() -> str:
+    if not (CIFAR10 / "data").is_dir():
+        pytest.fail(f"the shared CIFAR-10 shards are missing at {CIFAR10}")
+    return str(CIFAR10)
+
+
+def tiny_run(output_dir: Path, dataset: str, **overrides: Any) -> dict[str, Any]:
+    """Arguments for a fast real run: tiny timm ResNet, 32 px, real CIFAR-10 stream."""
+    values: dict[str, Any] = dict(
+        method="moco_v2", version=2, views="moco_cifar", dataset=dataset, backbone="test_resnet",
+        image_size=32, per_device_batch_size=16, max_steps=4, queue_size=64, bn_splits=2,
+        output_dir=str(output_dir), checkpointing_steps=0, knn_every=-1, num_workers=0,
+        report_to="none", logging_steps=1, learning_rate=0.05, seed=0,
+    )
+    values.update(overrides)
+    return values
+
+
+def run_pretrain(values: dict[str, Any]) -> dict[str, Any]:
+    from hf_mixssl.arguments import resolve
+    from hf_mixssl.training import pretrain
+
+    args, extra = resolve(values)
+    return pretrain(args, extra)
+
+
+@pytest.fixture(scope="session")
+def messy_dataset(tmp_path_factory, cifar10) -> str:
+    """A parquet dataset of real CIFAR images mixed with corrupt, truncated, grayscale, CMYK, RGBA and 1x1 ones."""
+    from datasets import Dataset, Features, Image, Value, load_dataset
+    from PIL import Image as PILImage
+
+    src = load_dataset(cifar10, split="test", streaming=True)
+    good = []
+    for row in src.take(40):
+        buf = io.BytesIO()
+        row["img"].save(buf, format="PNG")
+        good.append({"image": {"bytes": buf.getvalue(), "path": None}, "label": int(row["label"])})
+
+    def encoded(img: PILImage.Image, fmt: str) -> dict:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        return {"bytes": buf.getvalue(), "path": None}
+
+    base = PILImage.new("RGB", (32, 32), (200, 30, 30))
+    jpeg = encoded(base, "JPEG")["bytes"]
+    bad = [
+        {"image": {"bytes": b"this is not an image", "path": None}, "label": 1},             # corrupt
+        {"image": {"bytes": jpeg[: len(jpeg) // 2], "path": None}, "label": 2},             # truncated
+        {"image": encoded(base.convert("L"), "PNG"), "label": 3},                            # grayscale
+        {"image": encoded(base.convert("CMYK"), "JPEG"), "label": 4},                        # CMYK
+        {"image": encoded(PILImage.new("RGBA", (32, 32), (0, 0, 255, 128)), "PNG"), "label": 5},  # RGBA
+        {"image": encoded(PILImage.new("RGB", (1, 1)), "PNG"), "label": 6},                  # 1x1
+    ]
+    rows = good[:20] + bad + good[20:]
+    features = Features({"image": Image(), "label": Value("int64")})
+    ds = Dataset.from_list(rows, features=features)
+    out = tmp_path_factory.mktemp("messy") / "data"
+    out.mkdir(parents=True)
+    ds.to_parquet(str(out / "train-00000-of-00001.parquet"))
+    ds.to_parquet(str(out / "test-00000-of-00001.parquet"))
+    return str(out.parent)

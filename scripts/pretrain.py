@@ -5,6 +5,7 @@ Thin on purpose: arguments are parsed and resolved by `hf_mixssl.arguments`, the
 `hf_mixssl.training`. `python scripts/pretrain.py --help` lists every flag.
 """
 
+import json
 import sys
 
 from hf_mixssl.arguments import parse_args
@@ -18,7 +19,10 @@ def main(argv=None) -> int:
     except (ValueError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 3
-    print({k: v for k, v in result.items()})
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(json.dumps(result))
     return 0
 
 

@@ -1,0 +1,111 @@
+import itertools
+
+import pytest
+import torch
+
+from hf_mixssl.data import ImageStream, decode_image, detect_columns, sample_seed
+from hf_mixssl.transforms import eval_transform, view_transform
+
+
+def take(stream, n):
+    it = iter(stream)
+    try:
+        return list(itertools.islice(it, n))
+    finally:
+        it.close()
+
+
+class TestViews:
+    @pytest.mark.parametrize("recipe", ["moco_v1", "moco_v2", "moco_cifar", "moco_v3"])
+    def test_two_views_shape(self, recipe):
+        from PIL import Image
+
+        img = Image.new("RGB", (40, 30), (10, 200, 30))
+        torch.manual_seed(0)
+        out = view_transform(recipe, size=32)(img)
+        assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
+
+    def test_unknown_recipe(self):
+        with pytest.raises(ValueError, match="view recipe"):
+            view_transform("simclr", size=32)
+
+
+class TestColumns:
+    def test_missing_image_column_lists_columns(self):
+        with pytest.raises(ValueError, match=r"no image column.*\['text', 'label'\]"):
+            detect_columns({}, ["text", "label"], image_column=None, label_column=None, source="dataset 'x'")
+
+    def test_explicit_unknown_column(self):
+        with pytest.raises(ValueError, match="'picture' is not a column"):
+            detect_columns({}, ["img"], image_column="picture", label_column=None, source="dataset 'x'")
+
+    def test_detects_cifar_columns(self, cifar10):
+        stream = ImageStream(cifar10, "test", eval_transform(size=32), 4, shuffle=False, infinite=False, max_samples=4)
+        assert (stream.image_column, stream.label_column) == ("img", "label")
+
+    def test_dataset_without_images_is_a_clear_error(self, tmp_path):
+        from datasets import Dataset
+
+        (tmp_path / "data").mkdir()
+        Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).to_parquet(str(tmp_path / "data" / "train-0.parquet"))
+        with pytest.raises(ValueError, match=r"no image column.*columns: \['text', 'label'\]"):
+            ImageStream(str(tmp_path), "train", eval_transform(size=32), 2)
+
+    def test_unknown_path(self, tmp_path):
+        with pytest.raises(ValueError, match="cannot load dataset"):
+            ImageStream(str(tmp_path / "nope"), "train", eval_transform(size=32), 2)
+
+
+class TestBadImages:
+    def test_decode_policy(self):
+        from PIL import Image
+
+        assert decode_image({"bytes": b"garbage", "path": None})[1] == "corrupt"
+        img, status = decode_image(Image.new("CMYK", (8, 8)))
+        assert img.mode == "RGB" and status == "converted:CMYK"
+        img, status = decode_image(Image.new("RGBA", (8, 8), (0, 0, 0, 0)))
+        assert img.getpixel((0, 0)) == (255, 255, 255)  # transparent pixels become white, not black
+        assert decode_image(Image.new("RGB", (1, 1)))[1] == "too_small"
+
+    def test_stream_skips_and_counts(self, messy_dataset):
+        stream = ImageStream(messy_dataset, "train", view_transform("moco_cifar", size=32), 8, shuffle=False,
+                             infinite=False)
+        batches = take(stream, 100)
+        assert sum(b["pixel_values"].shape[0] for b in batches) == 40 + 3  # 3 converted, 3 skipped
+        assert stream.counts["corrupt"] == 2 and stream.counts["too_small"] == 1
+        assert stream.counts["converted"] == 3
+        assert all(torch.isfinite(b["pixel_values"]).all() for b in batches)
+
+
+class TestDeterminismAndResume:
+    def _stream(self, cifar10, **kw):
+        return ImageStream(cifar10, "train", view_transform("moco_cifar", size=32), 16, seed=3, buffer_size=256, **kw)
+
+    def test_workers_do_not_change_batches(self, cifar10):
+        a = take(self._stream(cifar10, num_workers=0), 3)
+        b = take(self._stream(cifar10, num_workers=2), 3)
+        for x, y in zip(a, b):
+            assert torch.equal(x["pixel_values"], y["pixel_values"]) and torch.equal(x["labels"], y["labels"])
+
+    def test_resume_from_state_reproduces_the_stream(self, cifar10):
+        full = take(self._stream(cifar10), 5)
+        first = self._stream(cifar10)
+        take(first, 2)
+        state = first.state_dict()
+        resumed = self._stream(cifar10)
+        resumed.load_state_dict(state)
+        rest = take(resumed, 3)
+        for x, y in zip(full[2:], rest):
+            assert torch.equal(x["pixel_values"], y["pixel_values"])
+
+    def test_epochs_reshuffle_and_ranks_differ(self, cifar10):
+        s = self._stream(cifar10, max_samples=None)
+        s.state.epoch = 1
+        e1 = take(s, 1)[0]["labels"]
+        e0 = take(self._stream(cifar10), 1)[0]["labels"]
+        r1 = take(self._stream(cifar10, rank=1, world_size=2), 1)[0]["labels"]
+        assert not torch.equal(e0, e1) and not torch.equal(e0, r1)
+
+    def test_sample_seed_spreads(self):
+        seeds = {sample_seed(0, e, r, i) for e in range(3) for r in range(2) for i in range(100)}
+        assert len(seeds) == 600

@@ -1,0 +1,229 @@
+"""End-to-end behaviour of the pretraining loop on the real CIFAR-10 shards (tiny backbone)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, run_pretrain, tiny_run
+from hf_mixssl.arguments import parse_args
+from hf_mixssl.training import NonFiniteLossError, learning_rate_at, list_checkpoints
+
+
+def weights(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+class TestShortRun:
+    def test_real_run_writes_a_loadable_model_and_metrics(self, tmp_path, cifar10):
+        from transformers import AutoModel
+
+        out = tmp_path / "run"
+        result = run_pretrain(tiny_run(out, cifar10, max_steps=6, knn_every=3, knn_train_samples=256,
+                                       knn_test_samples=128, report_to="tensorboard", checkpointing_steps=3))
+        assert result["global_step"] == 6 and 0.0 <= result["knn_top1"] <= 1.0
+        evals = json.loads((out / "eval_results.json").read_text())
+        assert evals["knn_top1"] == result["knn_top1"] and evals["knn_test_samples"] == 128
+        logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        steps = [r for r in logged if "loss" in r]
+        assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+        for key in ("loss", "loss_12", "lr", "momentum", "images_per_sec", "epoch"):
+            assert key in steps[-1]
+        assert sum("knn_top1" in r for r in logged) == 2  # at step 3 and at the end
+        assert list((out / "run").glob("events.out.tfevents.*")), "tensorboard events missing"
+        args = json.loads((out / "training_args.json").read_text())
+        assert args["model_config"]["backbone"] == "test_resnet"
+        import hf_mixssl  # noqa: F401
+
+        model = AutoModel.from_pretrained(out)
+        assert type(model).__name__ == "MoCoModel"
+        assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_00000003", "step_00000006"]
+
+
+class TestResume:
+    def test_resume_is_exact(self, tmp_path, cifar10):
+        straight = tmp_path / "straight"
+        run_pretrain(tiny_run(straight, cifar10, max_steps=20, checkpointing_steps=10))
+        resumed = tmp_path / "resumed"
+        (resumed / "checkpoints").mkdir(parents=True)
+        shutil.copytree(straight / "checkpoints" / "step_00000010", resumed / "checkpoints" / "step_00000010")
+        result = run_pretrain(tiny_run(resumed, cifar10, max_steps=20, checkpointing_steps=10,
+                                       resume_from_checkpoint="latest"))
+        assert result["global_step"] == 20
+        a, b = weights(straight), weights(resumed)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.allclose(a[name].float(), b[name].float(), atol=1e-6, rtol=0), name
+        # The optimizer state continued too (momentum buffers of SGD).
+        opt_a = torch.load(straight / "checkpoints" / "step_00000020" / "optimizer.bin", weights_only=False)
+        opt_b = torch.load(resumed / "checkpoints" / "step_00000020" / "optimizer.bin", weights_only=False)
+        for k, v in opt_a["state"].items():
+            assert torch.allclose(v["momentum_buffer"], opt_b["state"][k]["momentum_buffer"], atol=1e-6)
+
+    def test_missing_checkpoint_path_is_an_error(self, tmp_path, cifar10):
+        with pytest.raises(ValueError, match="not a checkpoint"):
+            run_pretrain(tiny_run(tmp_path / "r", cifar10, resume_from_checkpoint=str(tmp_path / "nope")))
+
+
+class TestFailures:
+    def test_nan_loss_stops_and_keeps_last_checkpoint(self, tmp_path, cifar10):
+        out = tmp_path / "nan"
+        with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+: loss.*Last good checkpoint"):
+            run_pretrain(tiny_run(out, cifar10, max_steps=50, learning_rate=1e30, checkpointing_steps=1))
+        ckpts = list_checkpoints(out / "checkpoints")
+        assert ckpts, "a checkpoint from before the failure must remain"
+        for name, t in load_file(str(ckpts[-1] / "model.safetensors")).items():
+            assert torch.isfinite(t.float()).all(), name
+
+    def test_invalid_arguments_name_the_field(self, tmp_path, cifar10):
+        with pytest.raises(ValueError, match="per_device_batch_size"):
+            run_pretrain(tiny_run(tmp_path, cifar10, per_device_batch_size=0))
+        with pytest.raises(ValueError, match="tau"):
+            run_pretrain(tiny_run(tmp_path, cifar10, tau=-1.0))
+        with pytest.raises(ValueError, match="unknown argument"):
+            run_pretrain(tiny_run(tmp_path, cifar10, lerning_rate=0.1))
+
+
+def _script(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "scripts" / "pretrain.py"), *args]
+
+
+def _cli(out: Path, dataset: str, *extra: str) -> list[str]:
+    return _script("--method", "moco_v2", "--views", "moco_cifar", "--dataset", dataset, "--backbone",
+                   "test_resnet", "--image_size", "32", "--per_device_batch_size", "16", "--queue_size", "64",
+                   "--output_dir", str(out), "--knn_every", "-1", "--num_workers", "0", "--report_to", "none",
+                   "--logging_steps", "1", *extra)
+
+
+class TestSignals:
+    def test_sigterm_saves_and_resume_continues(self, tmp_path, cifar10):
+        out = tmp_path / "sig"
+        proc = subprocess.Popen(_cli(out, cifar10, "--max_steps", "100000", "--checkpointing_steps", "0"),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log = out / "train_log.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output[-3000:]
+        ckpts = list_checkpoints(out / "checkpoints")
+        assert len(ckpts) == 1
+        step = json.loads((ckpts[0] / "trainer_state.json").read_text())["global_step"]
+        assert step >= 3
+        done = subprocess.run(_cli(out, cifar10, "--max_steps", str(step + 2), "--resume_from_checkpoint", "latest"),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"resumed from {ckpts[0]}" in done.stderr
+        assert json.loads((out / "eval_results.json").read_text())["global_step"] == step + 2
+
+    def test_kill_9_during_save_leaves_previous_checkpoint(self, tmp_path, cifar10):
+        out = tmp_path / "kill"
+        # Kill the process with SIGKILL in the middle of its second checkpoint: after accelerate has written
+        # part of the files, before the atomic rename.
+        killer = (
+            "import os, signal, sys, runpy\n"
+            "import accelerate\n"
+            "orig = accelerate.Accelerator.save_state\n"
+            "calls = []\n"
+            "def save_state(self, output_dir=None, **kw):\n"
+            "    calls.append(output_dir)\n"
+            "    r = orig(self, output_dir, **kw)\n"
+            "    if len(calls) == 2:\n"
+            "        open(os.path.join(output_dir, 'model.safetensors'), 'wb').write(b'half')\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    return r\n"
+            "accelerate.Accelerator.save_state = save_state\n"
+            f"sys.argv = {_cli(out, cifar10, '--max_steps', '10', '--checkpointing_steps', '2')[1:]!r}\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL
+        assert (out / "checkpoints" / ".tmp_step_00000004").exists()
+        assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_00000002"]
+        done = subprocess.run(_cli(out, cifar10, "--max_steps", "4", "--resume_from_checkpoint", "latest"),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "resumed from" in done.stderr and "step_00000002" in done.stderr
+
+
+class TestMomentumAndAccumulation:
+    def test_key_encoder_moves_once_per_optimizer_step(self, tmp_path, cifar10):
+        from hf_mixssl.arguments import resolve
+        from hf_mixssl.training import build_model
+
+        values = tiny_run(tmp_path / "acc", cifar10, max_steps=1, gradient_accumulation_steps=3, momentum=0.5,
+                          bn_splits=1)
+        args, extra = resolve(values)
+        torch.manual_seed(args.seed)
+        initial = build_model(args, extra).state_dict()
+        run_pretrain(values)
+        final = weights(tmp_path / "acc")
+        for name, q0 in initial.items():
+            if not name.startswith("backbone.") or not q0.is_floating_point() or "running" in name:
+                continue
+            k1, q1 = final["backbone_k." + name[len("backbone."):]], final[name]
+            # one EMA step from k0 = q0: k1 = 0.5 * q0 + 0.5 * q1 (three micro-steps would give another value)
+            assert torch.allclose(k1, 0.5 * q0 + 0.5 * q1, atol=1e-6), name
+        assert int(final["queue.ptr"]) == 3 * 16  # every micro-step enqueued its keys
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TestDistributed:
+    def test_two_process_gloo_run(self, tmp_path, cifar10):
+        """A real 2-rank gloo group through the CLI users type (`accelerate launch --multi_gpu`)."""
+        out = tmp_path / "ddp"
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--main_process_port", str(_free_port())]
+        cmd = launch + _cli(out, cifar10, "--max_steps", "3", "--checkpointing_steps", "2")[1:]
+        proc = subprocess.run(cmd, env={**os.environ, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        final = weights(out)
+        # 3 steps x 2 ranks x 16 keys enter the 64-slot queue: keys from both ranks were gathered.
+        assert int(final["queue.ptr"]) == (3 * 2 * 16) % 64
+        ckpt = out / "checkpoints" / "step_00000002"
+        assert {p.name for p in ckpt.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+        states = [json.loads((ckpt / f"stream_state_{r}.json").read_text()) for r in (0, 1)]
+        assert all(s["position"] >= 32 for s in states)
+        assert json.loads((ckpt / "trainer_state.json").read_text())["num_processes"] == 2
+
+
+class TestArguments:
+    def test_precedence_preset_file_cli(self, tmp_path):
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text("learning_rate: 0.5\nper_device_batch_size: 64\nmax_steps: 7\n")
+        args, extra = parse_args(["--preset", "moco_v2_cifar", "--config", str(cfg), "--per_device_batch_size", "32"])
+        assert args.method == "moco_v2" and args.queue_size == 4096 and args.bn_splits == 8  # preset
+        assert args.learning_rate == 0.5 and args.max_steps == 7  # file over preset
+        assert args.per_device_batch_size == 32  # CLI over file
+        assert extra["version"] == 2
+
+    def test_bad_config_file(self, tmp_path):
+        with pytest.raises(ValueError, match="does not exist"):
+            parse_args(["--method", "moco_v2", "--config", str(tmp_path / "missing.yaml")])
+
+    def test_preset_method_mismatch(self):
+        with pytest.raises(ValueError, match="preset 'moco_v2_cifar' is for method 'moco_v2'"):
+            parse_args(["--method", "moco_v3", "--preset", "moco_v2_cifar"])
+
+    def test_learning_rate_schedule(self):
+        assert learning_rate_at(0, total=10, warmup=2, peak=1.0, final=0.0, schedule="cosine") == 0.5
+        assert learning_rate_at(2, total=10, warmup=2, peak=1.0, final=0.0, schedule="cosine") == 1.0
+        assert learning_rate_at(10, total=10, warmup=2, peak=1.0, final=0.1, schedule="cosine") == pytest.approx(0.1)

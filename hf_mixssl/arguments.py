@@ -74,6 +74,7 @@ class PretrainArguments:
     optimizer: str = _f("sgd", "sgd | adamw | lars", choices=["sgd", "adamw", "lars"])
     weight_decay: float = _f(1e-4, "weight decay")
     sgd_momentum: float = _f(0.9, "SGD/LARS momentum")
+    nesterov: bool = _f(False, "Nesterov momentum for SGD (the MoCo recipes use plain momentum)")
     adam_betas: list | None = _f(None, "JSON [beta1, beta2] for AdamW")
     exclude_bias_norm_wd: bool = _f(False, "no weight decay on biases and norm parameters")
     max_grad_norm: float | None = _f(None, "clip gradients to this norm")

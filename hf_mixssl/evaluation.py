@@ -95,3 +95,62 @@ def knn_accuracy(
     preds = knn_predict(test_feats, train_feats, train_labels, num_classes=num_classes, knn_k=knn_k, knn_t=knn_t)
     metric = load_metric("accuracy")
     return float(metric.compute(predictions=preds.tolist(), references=test_labels.tolist())["accuracy"])
+
+
+def default_eval_split(dataset: str, name: str | None = None) -> str:
+    """The split to evaluate on: ``test``, else ``validation`` / ``valid`` / ``val``."""
+    from datasets import get_dataset_split_names
+
+    names = get_dataset_split_names(dataset, name)
+    for candidate in ("test", "validation", "valid", "val"):
+        if candidate in names:
+            return candidate
+    raise ValueError(f"dataset {dataset!r} has no test/validation split ({names}); pass --eval_split")
+
+
+def knn_evaluate(
+    model,
+    *,
+    dataset: str,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    dataset_config: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    train_samples: int | None = None,
+    test_samples: int | None = None,
+    knn_k: int = 200,
+    knn_t: float = 0.1,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Weighted kNN top-1 of ``model.extract_features`` (train split = memory bank, eval split = queries).
+
+    Both splits go through the deterministic eval transform at the model's ``image_size`` and
+    normalisation (train features under the test transform, as in InstDisc / MoCo).
+    """
+    from .data import ImageStream
+    from .transforms import eval_transform
+
+    config = model.config
+    tf = eval_transform(size=config.image_size, mean=config.image_mean, std=config.image_std)
+    eval_split = eval_split or default_eval_split(dataset, dataset_config)
+    was_training = model.training
+    model.eval()
+
+    def features(split: str, limit: int | None):
+        stream = ImageStream(
+            dataset, split, tf, batch_size, name=dataset_config, image_column=image_column,
+            label_column=label_column, shuffle=False, infinite=False, max_samples=limit, num_workers=num_workers,
+        )
+        return extract_features(model.extract_features, stream, device=device, autocast_dtype=autocast_dtype)
+
+    try:
+        train_f, train_y = features(train_split, train_samples)
+        test_f, test_y = features(eval_split, test_samples)
+    finally:
+        model.train(was_training)
+    top1 = knn_accuracy(train_f, train_y, test_f, test_y, knn_k=knn_k, knn_t=knn_t)
+    return {"knn_top1": top1, "knn_train_samples": len(train_y), "knn_test_samples": len(test_y)}

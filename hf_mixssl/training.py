@@ -29,9 +29,9 @@ from torch import nn
 from .arguments import MODEL_FIELDS, PretrainArguments
 from .configuration_moco import MoCoConfig
 from .data import ImageStream, count_rows
-from .evaluation import extract_features, knn_accuracy
+from .evaluation import knn_evaluate
 from .modeling_moco import MoCoModel
-from .transforms import eval_transform, view_transform
+from .transforms import view_transform
 
 logger = logging.getLogger("hf_mixssl")
 
@@ -137,11 +137,11 @@ class Pretrainer:
 
         self.args, self.extra = args, extra
         self.output_dir = Path(args.output_dir)
-        trackers = _trackers(args.report_to)
+        self.trackers = _trackers(args.report_to)
         # mixed_precision is left to `accelerate launch --mixed_precision` / ACCELERATE_MIXED_PRECISION.
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
-            log_with=trackers or None,
+            log_with=self.trackers or None,
             project_dir=str(self.output_dir),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
@@ -196,9 +196,11 @@ class Pretrainer:
             kwargs["momentum"] = args.sgd_momentum
         if args.optimizer == "adamw" and args.adam_betas:
             kwargs["betas"] = tuple(args.adam_betas)
+        # timm's "sgd" is Nesterov SGD and its "momentum" plain momentum SGD (the official MoCo optimizer).
+        opt = {"sgd": "sgd" if args.nesterov else "momentum"}.get(args.optimizer, args.optimizer)
         # Frozen (momentum) parameters are skipped by timm's parameter grouping (requires_grad=False).
         return create_optimizer_v2(
-            self.model, opt=args.optimizer, lr=self.peak_lr, weight_decay=args.weight_decay,
+            self.model, opt=opt, lr=self.peak_lr, weight_decay=args.weight_decay,
             filter_bias_and_bn=args.exclude_bias_norm_wd, **kwargs,
         )
 
@@ -258,38 +260,18 @@ class Pretrainer:
         acc, args = self.accelerator, self.args
         result: dict[str, float] = {}
         if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            was_training = model.training
-            model.eval()
-            tf = eval_transform(size=self.config.image_size, mean=self.config.image_mean, std=self.config.image_std)
-            split = args.eval_split or self._default_eval_split()
-
-            def features(split_name: str, limit: int | None):
-                stream = ImageStream(
-                    args.dataset, split_name, tf, 256, name=args.dataset_config, image_column=args.image_column,
-                    label_column=args.label_column, shuffle=False, infinite=False, max_samples=limit,
-                    num_workers=0, min_image_size=args.min_image_size,
-                )
-                dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else None
-                return extract_features(model.extract_features, stream, device=acc.device, autocast_dtype=dtype)
-
-            train_f, train_y = features(args.train_split, args.knn_train_samples)
-            test_f, test_y = features(split, args.knn_test_samples)
-            top1 = knn_accuracy(train_f, train_y, test_f, test_y, knn_k=args.knn_k, knn_t=args.knn_t)
-            result = {"knn_top1": top1, "knn_train_samples": len(train_y), "knn_test_samples": len(test_y)}
-            model.train(was_training)
-            logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, top1, len(train_y), len(test_y))
+            result = knn_evaluate(
+                acc.unwrap_model(self.model), dataset=args.dataset, train_split=args.train_split,
+                eval_split=args.eval_split, dataset_config=args.dataset_config, image_column=args.image_column,
+                label_column=args.label_column, train_samples=args.knn_train_samples,
+                test_samples=args.knn_test_samples, knn_k=args.knn_k, knn_t=args.knn_t,
+                num_workers=args.num_workers, device=acc.device,
+                autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
+            )
+            logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, result["knn_top1"],
+                        result["knn_train_samples"], result["knn_test_samples"])
         acc.wait_for_everyone()
         return result
-
-    def _default_eval_split(self) -> str:
-        from datasets import get_dataset_split_names
-
-        names = get_dataset_split_names(self.args.dataset, self.args.dataset_config)
-        for candidate in ("test", "validation", "valid", "val"):
-            if candidate in names:
-                return candidate
-        raise ValueError(f"dataset {self.args.dataset!r} has no test/validation split ({names}); pass --eval_split")
 
     # -- the loop
     def _log(self, metrics: dict[str, float]) -> None:
@@ -329,7 +311,7 @@ class Pretrainer:
         if acc.is_main_process:
             resolved = {**dataclasses.asdict(args), **self.extra, "model_config": self.config.to_dict()}
             (self.output_dir / "training_args.json").write_text(json.dumps(resolved, indent=2, default=str))
-        if acc.trackers or _trackers(args.report_to):
+        if self.trackers:
             flat = {k: v for k, v in dataclasses.asdict(args).items() if isinstance(v, (int, float, str, bool))}
             acc.init_trackers(Path(args.output_dir).name or "hf_mixssl", config=flat)
 

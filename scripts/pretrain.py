@@ -7,9 +7,15 @@ Thin on purpose: arguments are parsed and resolved by `hf_mixssl.arguments`, the
 
 import json
 import sys
+from pathlib import Path
 
-from hf_mixssl.arguments import parse_args
-from hf_mixssl.training import NonFiniteLossError, pretrain
+# scripts/ also holds evaluate.py, which would shadow the `evaluate` package (used for metrics) while this
+# directory is sys.path[0]; drop it from the import path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from hf_mixssl.arguments import parse_args  # noqa: E402
+from hf_mixssl.training import NonFiniteLossError, pretrain  # noqa: E402
 
 
 def main(argv=None) -> int:

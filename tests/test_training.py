@@ -65,6 +65,7 @@ class TestResume:
         # The optimizer state continued too (momentum buffers of SGD).
         opt_a = torch.load(straight / "checkpoints" / "step_00000020" / "optimizer.bin", weights_only=False)
         opt_b = torch.load(resumed / "checkpoints" / "step_00000020" / "optimizer.bin", weights_only=False)
+        assert opt_a["param_groups"][0]["nesterov"] is False  # plain momentum SGD, as in MoCo
         for k, v in opt_a["state"].items():
             assert torch.allclose(v["momentum_buffer"], opt_b["state"][k]["momentum_buffer"], atol=1e-6)
 
@@ -191,7 +192,9 @@ class TestDistributed:
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                   "--main_process_port", str(_free_port())]
-        cmd = launch + _cli(out, cifar10, "--max_steps", "3", "--checkpointing_steps", "2")[1:]
+        # The kNN monitor runs through the script too (the `evaluate` package must not be shadowed).
+        cmd = launch + _cli(out, cifar10, "--max_steps", "3", "--checkpointing_steps", "2", "--knn_every", "0",
+                            "--knn_train_samples", "64", "--knn_test_samples", "32")[1:]
         proc = subprocess.run(cmd, env={**os.environ, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
                               text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -203,6 +206,7 @@ class TestDistributed:
         states = [json.loads((ckpt / f"stream_state_{r}.json").read_text()) for r in (0, 1)]
         assert all(s["position"] >= 32 for s in states)
         assert json.loads((ckpt / "trainer_state.json").read_text())["num_processes"] == 2
+        assert json.loads((out / "eval_results.json").read_text())["knn_test_samples"] == 32
 
 
 class TestArguments:

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Evaluate a pretrained hf_mixssl model: `python scripts/evaluate.py --model runs/moco --protocol knn`.
+
+`--random_init` evaluates the same architecture with fresh weights (the baseline every SSL result is
+compared with). Results are printed as JSON and merged into `<model>/eval_results.json` (or `--output_file`).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# scripts/ also holds evaluate.py, which would shadow the `evaluate` package (used for metrics) while this
+# directory is sys.path[0]; drop it from the import path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import torch  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="run directory (or a local save_pretrained directory)")
+    p.add_argument("--dataset", default="../shared/datasets/cifar10", help="load_dataset path or Hub id")
+    p.add_argument("--dataset_config", default=None)
+    p.add_argument("--protocol", default="knn", choices=["knn"], help="evaluation protocol")
+    p.add_argument("--train_split", default="train")
+    p.add_argument("--eval_split", default=None, help="default: test or validation")
+    p.add_argument("--image_column", default=None)
+    p.add_argument("--label_column", default=None)
+    p.add_argument("--eval_features", default=None, choices=["backbone", "projection"],
+                   help="override the model config's feature choice")
+    p.add_argument("--knn_k", type=int, default=200)
+    p.add_argument("--knn_t", type=float, default=0.1)
+    p.add_argument("--knn_train_samples", type=int, default=None)
+    p.add_argument("--knn_test_samples", type=int, default=None)
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--num_workers", type=int, default=1)
+    p.add_argument("--random_init", action="store_true", help="same architecture, untrained weights")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for feature extraction")
+    p.add_argument("--output_file", default=None, help="default: <model>/eval_results.json (not with --random_init)")
+    return p
+
+
+def main(argv=None) -> int:
+    import hf_mixssl  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoConfig, AutoModel
+
+    from hf_mixssl.evaluation import knn_evaluate
+
+    args = build_parser().parse_args(argv)
+    try:
+        config = AutoConfig.from_pretrained(args.model)
+        if args.eval_features:
+            config.eval_features = args.eval_features
+        if args.random_init:
+            torch.manual_seed(args.seed)
+            model = AutoModel.from_config(config)
+        else:
+            model = AutoModel.from_pretrained(args.model, config=config)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device)
+        result = knn_evaluate(
+            model, dataset=args.dataset, train_split=args.train_split, eval_split=args.eval_split,
+            dataset_config=args.dataset_config, image_column=args.image_column, label_column=args.label_column,
+            train_samples=args.knn_train_samples, test_samples=args.knn_test_samples, knn_k=args.knn_k,
+            knn_t=args.knn_t, batch_size=args.batch_size, num_workers=args.num_workers, device=device,
+            autocast_dtype=torch.bfloat16 if args.bf16 else None,
+        )
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    prefix = ("random_init_" if args.random_init else "") + f"{config.eval_features}_"
+    result = {prefix + k if k == "knn_top1" else k: v for k, v in result.items()}
+    print(json.dumps(result))
+    output = args.output_file or (None if args.random_init else str(Path(args.model) / "eval_results.json"))
+    if output:
+        path = Path(output)
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**previous, **result}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -152,13 +152,14 @@ class MoCoModel(MoCoPreTrainedModel):
         tau, shuffle = self.config.tau, self.config.shuffle_bn and self.training
         # Clone: the queue is updated in place below, before backward reads it.
         queue = self.queue.queue.clone().detach()
-        q1 = F.normalize(self._query(x1), dim=1)
-        k2 = F.normalize(self._key(x2, shuffle=shuffle), dim=1)
+        # Normalise in fp32 (see `info_nce_queue`): bf16 would quantise the similarities.
+        q1 = F.normalize(self._query(x1).float(), dim=1)
+        k2 = F.normalize(self._key(x2, shuffle=shuffle).float(), dim=1)
         loss_12 = info_nce_queue(q1, k2, queue, tau=tau)
         keys, loss_21 = [k2], None
         if self.config.symmetric:
-            q2 = F.normalize(self._query(x2), dim=1)
-            k1 = F.normalize(self._key(x1, shuffle=shuffle), dim=1)
+            q2 = F.normalize(self._query(x2).float(), dim=1)
+            k1 = F.normalize(self._key(x1, shuffle=shuffle).float(), dim=1)
             loss_21 = info_nce_queue(q2, k1, queue, tau=tau)
             keys.insert(0, k1)
         if self.training:

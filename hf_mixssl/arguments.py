@@ -59,6 +59,9 @@ class PretrainArguments:
     bn_splits: int | None = _f(None, "SplitBatchNorm splits")
     freeze_patch_embed: bool | None = _f(None, "v3 ViT: freeze the patch embedding")
     eval_features: str | None = _f(None, "backbone | projection (kNN features)")
+    unmix: bool | None = _f(None, "add Un-Mix image-mixture terms (MoCo v1/v2/v3)")
+    unmix_global_prob: float | None = _f(None, "Un-Mix: probability of global mixup (else CutMix region)")
+    unmix_beta: float | None = _f(None, "Un-Mix: lam ~ Beta(beta, beta)")
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm when running on several processes")
     # ---- optimisation
     per_device_batch_size: int = _f(256, "images per device per micro-step")
@@ -112,7 +115,8 @@ class PretrainArguments:
 MODEL_FIELDS = (
     "backbone", "backbone_kwargs", "cifar_stem", "image_size", "image_mean", "image_std", "proj_hidden_dim",
     "proj_dim", "proj_num_layers", "pred_hidden_dim", "tau", "queue_size", "momentum", "momentum_schedule",
-    "symmetric", "shuffle_bn", "bn_splits", "freeze_patch_embed", "eval_features",
+    "symmetric", "shuffle_bn", "bn_splits", "freeze_patch_embed", "eval_features", "unmix", "unmix_global_prob",
+    "unmix_beta",
 )
 
 

@@ -38,6 +38,11 @@ class MoCoConfig(PretrainedConfig):
         freeze_patch_embed (`bool`, defaults to `False`): v3 ViT trick: a fixed random patch projection.
         eval_features (`str`, defaults to `"backbone"`): features used by kNN / probes: pooled backbone
             output or the L2-normalised projection (the MoCo Colab's 128-d kNN monitor).
+        unmix (`bool`, defaults to `False`): add Un-Mix's image-mixture terms (Shen et al., AAAI 2022): view 1 is
+            mixed with its batch-reversed copy and ``lam*L(q_mix, k) + (1-lam)*L(q_mix.flip(0), k)`` is added
+            against the other view's keys (against both key sets when symmetric). Mixed keys are never enqueued.
+        unmix_global_prob (`float`, defaults to 0.5): probability P of a global mixup (else a CutMix region).
+        unmix_beta (`float`, defaults to 1.0): ``lam ~ Beta(beta, beta)``.
         image_size (`int`, defaults to 224): training resolution (recorded for evaluation and export).
         image_mean / image_std (`list[float]`): normalisation used in training.
     """
@@ -64,6 +69,9 @@ class MoCoConfig(PretrainedConfig):
         bn_splits: int = 1,
         freeze_patch_embed: bool = False,
         eval_features: str = "backbone",
+        unmix: bool = False,
+        unmix_global_prob: float = 0.5,
+        unmix_beta: float = 1.0,
         image_size: int = 224,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -88,6 +96,10 @@ class MoCoConfig(PretrainedConfig):
             raise ValueError(f"momentum_schedule must be 'constant' or 'cosine', got {momentum_schedule!r}")
         if eval_features not in _EVAL_FEATURES:
             raise ValueError(f"eval_features must be one of {_EVAL_FEATURES}, got {eval_features!r}")
+        if not 0.0 <= unmix_global_prob <= 1.0:
+            raise ValueError(f"unmix_global_prob must be in [0, 1], got {unmix_global_prob!r}")
+        if not unmix_beta > 0:
+            raise ValueError(f"unmix_beta must be > 0, got {unmix_beta!r}")
         self.version = version
         self.backbone = backbone
         self.backbone_kwargs = dict(backbone_kwargs or {})
@@ -105,6 +117,9 @@ class MoCoConfig(PretrainedConfig):
         self.bn_splits = bn_splits
         self.freeze_patch_embed = freeze_patch_embed
         self.eval_features = eval_features
+        self.unmix = unmix
+        self.unmix_global_prob = float(unmix_global_prob)
+        self.unmix_beta = float(unmix_beta)
         self.image_size = image_size
         self.image_mean = list(image_mean or (0.485, 0.456, 0.406))
         self.image_std = list(image_std or (0.229, 0.224, 0.225))

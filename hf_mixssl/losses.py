@@ -5,6 +5,8 @@ Each function states its formula, paper and shapes; model files call these inste
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -53,3 +55,29 @@ def contrastive_all_keys(
     logits = q @ k_all.t() / tau
     labels = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, labels) * (2 * tau)
+
+
+def unmix_terms(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    q_mix: torch.Tensor,
+    key_sets: Sequence[torch.Tensor],
+    *,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Un-Mix's mixture terms (Shen et al., AAAI 2022, official ``unmix_c10.py``).
+
+    ``q_mix[i]`` embeds ``lam * x[i] + (1 - lam) * x[B-1-i]``; its reverse-order partner is the same batch of
+    features flipped (no second forward): ``q_mix.flip(0)[i]`` holds ``x[i]`` with weight ``1 - lam``.
+
+    ``loss_mix = sum_k lam * L(q_mix, k)`` and ``loss_mix_reverse = sum_k (1 - lam) * L(q_mix.flip(0), k)``
+    over the key sets ``k`` (the other view's keys; both views' when the loss is symmetric).
+
+    Args:
+        loss_fn: the base contrastive loss ``L(q [B, D], k) -> scalar`` (queue or all-gather form).
+        q_mix: ``[B, D]`` queries of the mixed batch.
+        key_sets: keys to contrast against, each aligned with the unmixed batch order.
+    """
+    q_rev = q_mix.flip(0)
+    loss_mix = sum(lam * loss_fn(q_mix, k) for k in key_sets)
+    loss_rev = sum((1.0 - lam) * loss_fn(q_rev, k) for k in key_sets)
+    return loss_mix, loss_rev

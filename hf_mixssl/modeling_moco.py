@@ -24,7 +24,8 @@ from .backbones import create_backbone, pooled_features
 from .configuration_moco import MoCoConfig
 from .distributed import batch_shuffle, batch_unshuffle, concat_all_gather, rank
 from .heads import build_mlp, convert_split_bn, revert_split_bn
-from .losses import contrastive_all_keys, info_nce_queue
+from .losses import contrastive_all_keys, info_nce_queue, unmix_terms
+from .mixing import MixResult, unmix_images
 from .momentum import KeyQueue, make_momentum_copy, momentum_schedule, update_momentum
 
 
@@ -33,14 +34,20 @@ class MoCoOutput(ModelOutput):
     """MoCo forward output.
 
     Args:
-        loss: total loss, ``loss_12 + loss_21`` (``loss_12`` alone for asymmetric v1/v2).
+        loss: total loss, the sum of the terms below that are present.
         loss_12: contrastive loss of queries from view 1 against keys from view 2.
         loss_21: the reverse direction (``None`` for asymmetric v1/v2).
+        loss_mix: Un-Mix term ``lam * L(q_mix, k)`` (summed over key sets; ``None`` without Un-Mix).
+        loss_mix_reverse: Un-Mix term ``(1 - lam) * L(q_mix.flip(0), k)``.
+        unmix_lam: the mixing ratio used for this batch (after the CutMix box correction).
     """
 
     loss: torch.Tensor | None = None
     loss_12: torch.Tensor | None = None
     loss_21: torch.Tensor | None = None
+    loss_mix: torch.Tensor | None = None
+    loss_mix_reverse: torch.Tensor | None = None
+    unmix_lam: torch.Tensor | None = None
 
 
 class MoCoPreTrainedModel(PreTrainedModel):
@@ -136,46 +143,76 @@ class MoCoModel(MoCoPreTrainedModel):
 
     # ----------------------------------------------------------------------------------- forward
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        unmix_lam: float | None = None,
+        unmix_mode: str | None = None,
+        unmix_box: tuple[int, int, int, int] | None = None,
+        **kwargs,
     ) -> MoCoOutput:
-        """``pixel_values: [B, 2, C, H, W]`` two augmented views; ``labels`` are ignored."""
+        """``pixel_values: [B, 2, C, H, W]`` two augmented views; ``labels`` are ignored.
+
+        With ``config.unmix``, view 1 is mixed with its reversed copy; ``unmix_lam`` / ``unmix_mode``
+        (``"global"`` | ``"region"``) / ``unmix_box`` fix the otherwise random draw.
+        """
         if pixel_values.ndim != 5 or pixel_values.shape[1] < 2:
             raise ValueError(
                 f"MoCo expects pixel_values of shape [B, 2, C, H, W] (two views), got {tuple(pixel_values.shape)}"
             )
         x1, x2 = pixel_values[:, 0], pixel_values[:, 1]
+        mix = None
+        if self.config.unmix:
+            mix = unmix_images(x1, beta=self.config.unmix_beta, global_prob=self.config.unmix_global_prob,
+                               lam=unmix_lam, mode=unmix_mode, box=unmix_box)
         if self.config.version == 3:
-            return self._forward_v3(x1, x2)
-        return self._forward_v12(x1, x2)
+            return self._forward_v3(x1, x2, mix)
+        return self._forward_v12(x1, x2, mix)
 
-    def _forward_v12(self, x1: torch.Tensor, x2: torch.Tensor) -> MoCoOutput:
+    @staticmethod
+    def _output(mix: MixResult | None, loss_fn, q_mix_fn, key_sets, **terms) -> MoCoOutput:
+        """Add the Un-Mix terms (when mixing) and sum every present term into ``loss``."""
+        if mix is not None:
+            terms["loss_mix"], terms["loss_mix_reverse"] = unmix_terms(loss_fn, q_mix_fn(mix.x), key_sets, lam=mix.lam)
+        loss = sum(v for v in terms.values() if v is not None)
+        lam = torch.tensor(mix.lam) if mix is not None else None
+        return MoCoOutput(loss=loss, unmix_lam=lam, **terms)
+
+    def _forward_v12(self, x1: torch.Tensor, x2: torch.Tensor, mix: MixResult | None) -> MoCoOutput:
         tau, shuffle = self.config.tau, self.config.shuffle_bn and self.training
         # Clone: the queue is updated in place below, before backward reads it.
         queue = self.queue.queue.clone().detach()
-        # Normalise in fp32 (see `info_nce_queue`): bf16 would quantise the similarities.
-        q1 = F.normalize(self._query(x1).float(), dim=1)
+
+        def query(x: torch.Tensor) -> torch.Tensor:  # normalised in fp32: bf16 would quantise the similarities
+            return F.normalize(self._query(x).float(), dim=1)
+
+        def loss_fn(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            return info_nce_queue(q, k, queue, tau=tau)
+
+        q1 = query(x1)
         k2 = F.normalize(self._key(x2, shuffle=shuffle).float(), dim=1)
-        loss_12 = info_nce_queue(q1, k2, queue, tau=tau)
         keys, loss_21 = [k2], None
         if self.config.symmetric:
-            q2 = F.normalize(self._query(x2).float(), dim=1)
+            q2 = query(x2)
             k1 = F.normalize(self._key(x1, shuffle=shuffle).float(), dim=1)
-            loss_21 = info_nce_queue(q2, k1, queue, tau=tau)
+            loss_21 = loss_fn(q2, k1)
             keys.insert(0, k1)
-        if self.training:
+        out = self._output(mix, loss_fn, query, keys[::-1], loss_12=loss_fn(q1, k2), loss_21=loss_21)
+        if self.training:  # keys of the clean views only: mixed images never produce keys
             self.queue.enqueue(concat_all_gather(torch.cat(keys)))
-        loss = loss_12 if loss_21 is None else loss_12 + loss_21
-        return MoCoOutput(loss=loss, loss_12=loss_12, loss_21=loss_21)
+        return out
 
-    def _forward_v3(self, x1: torch.Tensor, x2: torch.Tensor) -> MoCoOutput:
-        tau = self.config.tau
+    def _forward_v3(self, x1: torch.Tensor, x2: torch.Tensor, mix: MixResult | None) -> MoCoOutput:
+        tau, offset = self.config.tau, rank() * x1.shape[0]
+
+        def loss_fn(q: torch.Tensor, k_all: torch.Tensor) -> torch.Tensor:
+            return contrastive_all_keys(q, k_all, tau=tau, offset=offset)
+
         q1, q2 = self._query(x1), self._query(x2)
         k1 = concat_all_gather(self._key(x1, shuffle=False))
         k2 = concat_all_gather(self._key(x2, shuffle=False))
-        offset = rank() * x1.shape[0]
-        loss_12 = contrastive_all_keys(q1, k2, tau=tau, offset=offset)
-        loss_21 = contrastive_all_keys(q2, k1, tau=tau, offset=offset)
-        return MoCoOutput(loss=loss_12 + loss_21, loss_12=loss_12, loss_21=loss_21)
+        return self._output(mix, loss_fn, self._query, [k2, k1], loss_12=loss_fn(q1, k2), loss_21=loss_fn(q2, k1))
 
 
 __all__ = ["MoCoModel", "MoCoOutput", "MoCoPreTrainedModel"]

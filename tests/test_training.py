@@ -186,7 +186,11 @@ def _free_port() -> int:
 
 
 class TestDistributed:
-    def test_two_process_gloo_run(self, tmp_path, cifar10):
+    @pytest.mark.parametrize("extra,queue_ptr", [
+        ([], (3 * 2 * 16) % 64),  # 3 steps x 2 ranks x 16 keys: keys from both ranks were gathered
+        (["--unmix", "--gradient_accumulation_steps", "2", "--queue_size", "80"], (3 * 2 * 2 * 16) % 80),
+    ], ids=["moco", "unmix-accumulation"])
+    def test_two_process_gloo_run(self, tmp_path, cifar10, extra, queue_ptr):
         """A real 2-rank gloo group through the CLI users type (`accelerate launch --multi_gpu`)."""
         out = tmp_path / "ddp"
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -194,13 +198,14 @@ class TestDistributed:
                   "--main_process_port", str(_free_port())]
         # The kNN monitor runs through the script too (the `evaluate` package must not be shadowed).
         cmd = launch + _cli(out, cifar10, "--max_steps", "3", "--checkpointing_steps", "2", "--knn_every", "0",
-                            "--knn_train_samples", "64", "--knn_test_samples", "32")[1:]
+                            "--knn_train_samples", "64", "--knn_test_samples", "32", *extra)[1:]
         proc = subprocess.run(cmd, env={**os.environ, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
                               text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         final = weights(out)
-        # 3 steps x 2 ranks x 16 keys enter the 64-slot queue: keys from both ranks were gathered.
-        assert int(final["queue.ptr"]) == (3 * 2 * 16) % 64
+        assert int(final["queue.ptr"]) == queue_ptr  # mixed keys never enter the queue
+        logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        assert ("loss_mix" in logged[0]) == bool(extra)
         ckpt = out / "checkpoints" / "step_00000002"
         assert {p.name for p in ckpt.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
         states = [json.loads((ckpt / f"stream_state_{r}.json").read_text()) for r in (0, 1)]

@@ -174,6 +174,7 @@ class Pretrainer:
         self.warmup_steps = warmup
         self.global_step = 0
         self.last_checkpoint: Path | None = None
+        self._last_bad: dict[str, float] = {}
 
     # -- setup
     def _setup_logging(self) -> None:
@@ -359,6 +360,9 @@ class Pretrainer:
                         if m is not None:
                             metrics["momentum"] = m
                         bad = {f"images_{k}": float(v) for k, v in self.stream.counts.items() if k != "ok"}
+                        if bad and bad != self._last_bad:
+                            logger.warning("images skipped or converted so far on this rank: %s", bad)
+                            self._last_bad = bad
                         metrics.update(bad)
                         self._log(metrics)
                         progress.set_postfix(loss=f"{metrics['loss']:.4f}", ips=f"{metrics['images_per_sec']:.0f}")

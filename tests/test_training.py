@@ -84,6 +84,14 @@ class TestFailures:
         for name, t in load_file(str(ckpts[-1] / "model.safetensors")).items():
             assert torch.isfinite(t.float()).all(), name
 
+    def test_bad_images_are_skipped_and_logged(self, tmp_path, messy_dataset):
+        out = tmp_path / "messy"
+        result = run_pretrain(tiny_run(out, messy_dataset, per_device_batch_size=8, max_steps=6, logging_steps=3))
+        assert result["global_step"] == 6
+        last = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()][-1]
+        assert last["images_corrupt"] >= 2 and last["images_too_small"] >= 1 and last["images_converted"] >= 3
+        assert "images skipped or converted so far" in (out / "train.log").read_text()
+
     def test_invalid_arguments_name_the_field(self, tmp_path, cifar10):
         with pytest.raises(ValueError, match="per_device_batch_size"):
             run_pretrain(tiny_run(tmp_path, cifar10, per_device_batch_size=0))

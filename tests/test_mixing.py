@@ -66,3 +66,57 @@ class TestUnMixImages:
         assert 0.0 <= lams.min() and lams.max() <= 1.0 and abs(lams.mean().item() - 0.5) < 0.03
         with pytest.raises(ValueError, match="alpha"):
             sample_lam(0.0)
+
+
+class TestMaskMixers:
+    """Each mixer: shape, lam range, label bookkeeping, pixels from the right partner, determinism."""
+
+    @pytest.mark.parametrize("name", ["fmix", "gridmix", "smoothmix", "saliencymix", "resizemix"])
+    def test_contract(self, name):
+        from hf_mixssl import mixing
+
+        fn = getattr(mixing, name)
+        x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        y = torch.arange(5)
+        perm = torch.tensor([1, 2, 3, 4, 0])
+        kwargs = {} if name == "resizemix" else {"lam": 0.6}
+        if name != "saliencymix":
+            kwargs["generator"] = torch.Generator().manual_seed(1)
+        out = fn(x, y, perm=perm, **kwargs)
+        assert out.x.shape == x.shape and 0.0 <= out.lam <= 1.0
+        assert out.y_a.tolist() == y.tolist() and out.y_b.tolist() == y[perm].tolist()
+        # every mixed pixel is a convex combination of the sample and its partner
+        a, b = x, x[perm]
+        lo, hi = torch.minimum(a, b) - 1e-5, torch.maximum(a, b) + 1e-5
+        if name != "resizemix":  # resizemix pastes a resized partner: values interpolate within the partner
+            assert ((out.x >= lo) & (out.x <= hi)).all()
+        if name != "saliencymix":
+            kwargs["generator"] = torch.Generator().manual_seed(1)
+            again = fn(x, y, perm=perm, **kwargs)
+            assert torch.equal(out.x, again.x) and out.lam == again.lam
+
+    def test_fmix_keeps_exactly_lam(self):
+        from hf_mixssl.mixing import fmix
+
+        x = torch.zeros(2, 1, 16, 16)
+        x[1] = 1.0
+        out = fmix(x, lam=0.25, perm=torch.tensor([1, 0]), generator=torch.Generator().manual_seed(0))
+        assert out.lam == pytest.approx(0.25)
+        assert out.x[0].mean().item() == pytest.approx(0.75)  # 75% of pixels came from the all-ones partner
+
+    def test_resizemix_pastes_whole_partner(self):
+        from hf_mixssl.mixing import resizemix
+
+        x = torch.zeros(2, 1, 20, 20)
+        x[1] = 1.0
+        out = resizemix(x, perm=torch.tensor([1, 0]), tau=0.5, generator=torch.Generator().manual_seed(0))
+        assert out.lam == pytest.approx(0.75)
+        assert out.x[0].sum().item() == pytest.approx(100.0)  # a 10x10 copy of the ones image
+
+    def test_saliencymix_box_covers_partner_peak(self):
+        from hf_mixssl.mixing import saliencymix
+
+        x = torch.zeros(2, 1, 32, 32)
+        x[1, :, 20:24, 5:9] = 5.0  # a salient blob in the partner
+        out = saliencymix(x, lam=0.75, perm=torch.tensor([1, 0]))
+        assert out.x[0, :, 20:24, 5:9].sum() > 0  # the blob was pasted into sample 0

@@ -5,9 +5,11 @@ so ``AutoModel.from_pretrained(run_dir_or_repo)`` returns the right model. ``reg
 also makes ``save_pretrained`` ship the modeling code with the weights (``trust_remote_code=True``).
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
+from .modeling_mixup import MixupClassifierOutput, MixupForImageClassification, MixupPreTrainedModel
 from .modeling_moco import MoCoModel, MoCoOutput, MoCoPreTrainedModel
 
 __version__ = "0.1.0"
@@ -15,9 +17,11 @@ __version__ = "0.1.0"
 # (config class, {Auto class name: model class})
 _REGISTRY = [
     (MoCoConfig, {"AutoModel": MoCoModel}),
+    (MixupClassifierConfig, {"AutoModel": MixupForImageClassification,
+                             "AutoModelForImageClassification": MixupForImageClassification}),
 ]
 
-_AUTO = {"AutoModel": AutoModel}
+_AUTO = {"AutoModel": AutoModel, "AutoModelForImageClassification": AutoModelForImageClassification}
 
 for _config_cls, _models in _REGISTRY:
     AutoConfig.register(_config_cls.model_type, _config_cls, exist_ok=True)
@@ -26,4 +30,7 @@ for _config_cls, _models in _REGISTRY:
         _AUTO[_auto_name].register(_config_cls, _model_cls, exist_ok=True)
         _model_cls.register_for_auto_class(_auto_name)
 
-__all__ = ["MoCoConfig", "MoCoModel", "MoCoOutput", "MoCoPreTrainedModel", "__version__"]
+__all__ = [
+    "MixupClassifierConfig", "MixupClassifierOutput", "MixupForImageClassification", "MixupPreTrainedModel",
+    "MoCoConfig", "MoCoModel", "MoCoOutput", "MoCoPreTrainedModel", "__version__",
+]

@@ -24,7 +24,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class PretrainArguments:
     # ---- what to train
-    method: str | None = _f(None, "moco_v1 | moco_v2 | moco_v3", choices=["moco_v1", "moco_v2", "moco_v3"])
+    method: str | None = _f(None, "moco_v1 | moco_v2 | moco_v3 | mixup",
+                            choices=["moco_v1", "moco_v2", "moco_v3", "mixup"])
     preset: str | None = _f(None, "an official recipe", choices=sorted(PRESETS))
     config: str | None = _f(None, "YAML/JSON file whose values become defaults")
     # ---- data
@@ -34,7 +35,7 @@ class PretrainArguments:
     eval_split: str | None = _f(None, "kNN split (default: test or validation when present)")
     image_column: str | None = _f(None, "image column (auto-detected)")
     label_column: str | None = _f(None, "label column for kNN (auto-detected)")
-    views: str | None = _f(None, "view recipe: moco_v1 | moco_v2 | moco_cifar | moco_v3")
+    views: str | None = _f(None, "view recipe: moco_v1 | moco_v2 | moco_cifar | moco_v3 | classify")
     min_crop_scale: float | None = _f(None, "RandomResizedCrop lower scale (recipe default)")
     shuffle_buffer_size: int = _f(10_000, "streaming shuffle buffer")
     num_workers: int = _f(2, "decode/augment worker processes per rank")
@@ -62,6 +63,13 @@ class PretrainArguments:
     unmix: bool | None = _f(None, "add Un-Mix image-mixture terms (MoCo v1/v2/v3)")
     unmix_global_prob: float | None = _f(None, "Un-Mix: probability of global mixup (else CutMix region)")
     unmix_beta: float | None = _f(None, "Un-Mix: lam ~ Beta(beta, beta)")
+    mix_modes: list | None = _f(None, "mixup classifier policies (vanilla mixup cutmix fmix resizemix gridmix "
+                                      "smoothmix saliencymix manifoldmix)", nargs="+", item_type=str)
+    mix_probs: list | None = _f(None, "sampling probability of each mix mode", nargs="+", item_type=float)
+    mix_alpha: list | None = _f(None, "Beta(alpha, alpha) for lam: one value or one per mode", nargs="+",
+                                item_type=float)
+    num_labels: int | None = _f(None, "classes (auto-detected from a ClassLabel feature or the labels)")
+    label_smoothing: float | None = _f(None, "label smoothing of the classifier's cross-entropy")
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm when running on several processes")
     # ---- optimisation
     per_device_batch_size: int = _f(256, "images per device per micro-step")
@@ -89,7 +97,8 @@ class PretrainArguments:
     resume_from_checkpoint: str | None = _f(None, "PATH or 'latest'")
     report_to: str = _f("tensorboard", "tensorboard | wandb | trackio | all | none (comma list)")
     logging_steps: int = _f(10, "log every N steps")
-    knn_every: int = _f(0, "kNN monitor every N steps (0 = only at the end, -1 = never)")
+    knn_every: int = _f(0, "evaluate every N steps: kNN for SSL methods, top-1 for classifiers (0 = only at "
+                           "the end, -1 = never); alias --eval_every", alias="--eval_every")
     knn_k: int = _f(200, "kNN neighbours")
     knn_t: float = _f(0.1, "kNN temperature")
     knn_train_samples: int | None = _f(None, "cap the kNN memory bank")
@@ -116,7 +125,7 @@ MODEL_FIELDS = (
     "backbone", "backbone_kwargs", "cifar_stem", "image_size", "image_mean", "image_std", "proj_hidden_dim",
     "proj_dim", "proj_num_layers", "pred_hidden_dim", "tau", "queue_size", "momentum", "momentum_schedule",
     "symmetric", "shuffle_bn", "bn_splits", "freeze_patch_embed", "eval_features", "unmix", "unmix_global_prob",
-    "unmix_beta",
+    "unmix_beta", "mix_modes", "mix_probs", "mix_alpha", "num_labels", "label_smoothing",
 )
 
 
@@ -141,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         kw = _arg_type(hints[f.name])
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
-        parser.add_argument(f"--{f.name}", help=f"{f.metadata['help']} (default: {f.default})", **kw)
+        if "nargs" in f.metadata:  # space-separated values: --mix_modes mixup cutmix
+            kw = {"nargs": f.metadata["nargs"], "type": f.metadata["item_type"]}
+        names = [f"--{f.name}"] + ([f.metadata["alias"]] if "alias" in f.metadata else [])
+        parser.add_argument(*names, dest=f.name, help=f"{f.metadata['help']} (default: {f.default})", **kw)
     return parser
 
 

@@ -331,3 +331,21 @@ def count_rows(dataset: str, split: str, *, name: str | None = None) -> int:
     cols = list(ds.column_names or [])
     small = [c for c in cols if c in LABEL_COLUMN_CANDIDATES] or cols[:1]
     return sum(1 for _ in ds.select_columns(small))
+
+
+def count_classes(dataset: str, split: str, *, name: str | None = None, label_column: str | None = None) -> int:
+    """Number of classes: from a ``ClassLabel`` feature, else ``max(label) + 1`` over one cheap pass."""
+    from datasets import ClassLabel, load_dataset
+
+    ds = load_dataset(dataset, name, split=split, streaming=True)
+    columns = list(ds.column_names or [])
+    feats = dict(ds.features or {})
+    if label_column is None:
+        typed = [c for c in columns if isinstance(feats.get(c), ClassLabel)]
+        named = [c for c in LABEL_COLUMN_CANDIDATES if c in columns]
+        if not (typed or named):
+            raise ValueError(f"dataset {dataset!r} has no label column; columns: {columns}. Pass --label_column")
+        label_column = (typed or named)[0]
+    if isinstance(feats.get(label_column), ClassLabel):
+        return int(feats[label_column].num_classes)
+    return 1 + max(int(r[label_column]) for r in ds.select_columns([label_column]))

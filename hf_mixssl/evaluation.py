@@ -154,3 +154,41 @@ def knn_evaluate(
         model.train(was_training)
     top1 = knn_accuracy(train_f, train_y, test_f, test_y, knn_k=knn_k, knn_t=knn_t)
     return {"knn_top1": top1, "knn_train_samples": len(train_y), "knn_test_samples": len(test_y)}
+
+
+@torch.no_grad()
+def accuracy_evaluate(
+    model,
+    *,
+    dataset: str,
+    eval_split: str | None = None,
+    dataset_config: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    test_samples: int | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Top-1 accuracy of a classifier's logits on the eval split, through the shipped ``evaluate`` module."""
+    from .data import ImageStream
+    from .transforms import eval_transform
+
+    config = model.config
+    tf = eval_transform(size=config.image_size, mean=config.image_mean, std=config.image_std)
+    eval_split = eval_split or default_eval_split(dataset, dataset_config)
+    stream = ImageStream(dataset, eval_split, tf, batch_size, name=dataset_config, image_column=image_column,
+                         label_column=label_column, shuffle=False, infinite=False, max_samples=test_samples,
+                         num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    try:
+        preds, labels = extract_features(lambda x: model(pixel_values=x).logits.argmax(dim=1, keepdim=True),
+                                         stream, device=device, autocast_dtype=autocast_dtype)
+    finally:
+        model.train(was_training)
+    if (labels < 0).any():
+        raise ValueError("accuracy evaluation needs labelled data: the dataset has no label column")
+    top1 = load_metric("accuracy").compute(predictions=preds[:, 0].long().tolist(), references=labels.tolist())
+    return {"top1": float(top1["accuracy"]), "eval_samples": len(labels)}

@@ -81,3 +81,17 @@ def unmix_terms(
     loss_mix = sum(lam * loss_fn(q_mix, k) for k in key_sets)
     loss_rev = sum((1.0 - lam) * loss_fn(q_rev, k) for k in key_sets)
     return loss_mix, loss_rev
+
+
+def mixed_cross_entropy(
+    logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, *, lam: float, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mixup loss (Zhang et al., 2018): ``lam * CE(logits, y_a) + (1 - lam) * CE(logits, y_b)``.
+
+    Args:
+        logits: ``[B, C]``; y_a, y_b: ``[B]`` class indices of the two mixed partners; lam in [0, 1].
+    """
+    logits = logits.float()
+    ce_a = F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
+    ce_b = F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)
+    return lam * ce_a + (1.0 - lam) * ce_b

@@ -27,9 +27,11 @@ import torch
 from torch import nn
 
 from .arguments import MODEL_FIELDS, PretrainArguments
+from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
-from .data import ImageStream, count_rows
-from .evaluation import knn_evaluate
+from .data import ImageStream, count_classes, count_rows
+from .evaluation import accuracy_evaluate, knn_evaluate
+from .modeling_mixup import MixupForImageClassification
 from .modeling_moco import MoCoModel
 from .transforms import view_transform
 
@@ -39,6 +41,7 @@ MODEL_CLASSES: dict[str, tuple[type, type]] = {
     "moco_v1": (MoCoConfig, MoCoModel),
     "moco_v2": (MoCoConfig, MoCoModel),
     "moco_v3": (MoCoConfig, MoCoModel),
+    "mixup": (MixupClassifierConfig, MixupForImageClassification),
 }
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
 
@@ -59,11 +62,25 @@ def learning_rate_at(step: int, *, total: int, warmup: int, peak: float, final: 
 
 
 def build_model(args: PretrainArguments, extra: dict[str, Any]) -> nn.Module:
-    """The method's model from the resolved arguments (``None`` fields keep the config defaults)."""
+    """The method's model from the resolved arguments (``None`` fields keep the config defaults).
+
+    Setting a model field that the method's config does not have is an error naming the field.
+    """
+    import inspect
+
     config_cls, model_cls = MODEL_CLASSES[args.method]
+    accepted = set(inspect.signature(config_cls.__init__).parameters)
     values = {k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k) is not None}
+    unused = sorted(k for k in values if k not in accepted)
+    if unused:
+        raise ValueError(f"{', '.join(unused)} do(es) not apply to method {args.method!r}")
     if "version" in extra:
         values["version"] = extra["version"]
+    if args.method == "mixup" and values.get("num_labels") is None:
+        values["num_labels"] = count_classes(args.dataset, args.train_split, name=args.dataset_config,
+                                             label_column=args.label_column)
+    if isinstance(values.get("mix_alpha"), list) and len(values["mix_alpha"]) == 1:
+        values["mix_alpha"] = values["mix_alpha"][0]
     return model_cls(config_cls(**values))
 
 
@@ -257,20 +274,25 @@ class Pretrainer:
 
     # -- evaluation
     def evaluate_knn(self) -> dict[str, float]:
-        """Weighted kNN top-1 on the eval split with train-split features (main process only)."""
+        """The run's evaluation on the main process: top-1 of a classifier's logits, else weighted kNN."""
         acc, args = self.accelerator, self.args
         result: dict[str, float] = {}
         if acc.is_main_process:
-            result = knn_evaluate(
-                acc.unwrap_model(self.model), dataset=args.dataset, train_split=args.train_split,
-                eval_split=args.eval_split, dataset_config=args.dataset_config, image_column=args.image_column,
-                label_column=args.label_column, train_samples=args.knn_train_samples,
-                test_samples=args.knn_test_samples, knn_k=args.knn_k, knn_t=args.knn_t,
+            model = acc.unwrap_model(self.model)
+            common = dict(
+                dataset=args.dataset, eval_split=args.eval_split, dataset_config=args.dataset_config,
+                image_column=args.image_column, label_column=args.label_column, test_samples=args.knn_test_samples,
                 num_workers=args.num_workers, device=acc.device,
                 autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
             )
-            logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, result["knn_top1"],
-                        result["knn_train_samples"], result["knn_test_samples"])
+            if hasattr(model, "classifier"):
+                result = accuracy_evaluate(model, **common)
+                logger.info("step %d: top-1 %.4f (%d samples)", self.global_step, result["top1"], result["eval_samples"])
+            else:
+                result = knn_evaluate(model, train_split=args.train_split, train_samples=args.knn_train_samples,
+                                      knn_k=args.knn_k, knn_t=args.knn_t, **common)
+                logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, result["knn_top1"],
+                            result["knn_train_samples"], result["knn_test_samples"])
         acc.wait_for_everyone()
         return result
 

@@ -18,7 +18,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
-VIEW_RECIPES = ("moco_v1", "moco_v2", "moco_cifar", "moco_v3")
+VIEW_RECIPES = ("moco_v1", "moco_v2", "moco_cifar", "moco_v3", "classify")
 
 
 class MultiView:
@@ -77,6 +77,12 @@ def view_transform(
         t2 = v2.Compose([crop, jitter, v2.RandomGrayscale(0.2), _blur(size, 0.1),
                          v2.RandomSolarize(128, p=0.2), flip, *tail])  # PIL uint8 threshold
         return MultiView([t1, t2])
+    if recipe == "classify":  # one view: CIFAR-style pad-and-crop for small images, else Inception crop
+        if size <= 64:
+            crop = v2.RandomCrop(size, padding=size // 8)
+        else:
+            crop = v2.RandomResizedCrop(size, scale=(min_scale or 0.08, 1.0), antialias=True)
+        return MultiView([v2.Compose([crop, flip, *tail])])
     raise ValueError(f"unknown view recipe {recipe!r}; choose one of {VIEW_RECIPES}")
 
 

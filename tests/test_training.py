@@ -48,6 +48,28 @@ class TestShortRun:
         assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_00000003", "step_00000006"]
 
 
+class TestMixupRun:
+    def test_mixup_classifier_run_reports_top1(self, tmp_path, cifar10):
+        from transformers import AutoModelForImageClassification
+
+        out = tmp_path / "mix"
+        result = run_pretrain(tiny_run(out, cifar10, method="mixup", version=None, views="classify", queue_size=None,
+                                       bn_splits=None, mix_modes=["mixup", "cutmix", "manifoldmix"],
+                                       mix_alpha=[1.0], knn_test_samples=128, knn_every=2, max_steps=4))
+        assert 0.0 <= result["top1"] <= 1.0 and result["eval_samples"] == 128
+        assert json.loads((out / "eval_results.json").read_text())["top1"] == result["top1"]
+        import hf_mixssl  # noqa: F401
+
+        model = AutoModelForImageClassification.from_pretrained(out)
+        assert model.config.num_labels == 10  # detected from the ClassLabel feature
+        logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        assert sum("top1" in r for r in logged) == 2 and any("mix_lam" in r for r in logged)
+
+    def test_moco_field_rejected_for_mixup(self, tmp_path, cifar10):
+        with pytest.raises(ValueError, match="queue_size"):
+            run_pretrain(tiny_run(tmp_path, cifar10, method="mixup", version=None, views="classify", bn_splits=None))
+
+
 class TestResume:
     def test_resume_is_exact(self, tmp_path, cifar10):
         straight = tmp_path / "straight"

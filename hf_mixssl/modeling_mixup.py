@@ -1,0 +1,166 @@
+"""A supervised image classifier trained with a mixup policy sampled per step (OpenMixup's multi-policy
+sampler): Mixup, CutMix, FMix, ResizeMix, GridMix, SmoothMix, SaliencyMix or ManifoldMix.
+
+Only sibling role modules are imported, so the file travels with the weights (``trust_remote_code``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .backbones import create_backbone, pooled_features
+from .configuration_mixup import MixupClassifierConfig
+from .losses import mixed_cross_entropy
+from .mixing import MixResult, cutmix, fmix, gridmix, mixup, resizemix, saliencymix, sample_lam, smoothmix
+
+
+@dataclass
+class MixupClassifierOutput(ModelOutput):
+    """Classifier output.
+
+    Args:
+        loss: mixed cross-entropy in training (``lam*CE(y_a) + (1-lam)*CE(y_b)``), plain CE otherwise.
+        logits: ``[B, num_labels]``.
+        mix_lam: the ``lam`` of this step's mixture (``None`` without mixing).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mix_lam: torch.Tensor | None = None
+
+
+class MixupPreTrainedModel(PreTrainedModel):
+    config_class = MixupClassifierConfig
+    config: MixupClassifierConfig
+    base_model_prefix = "mixup"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Keep timm's own initialisation (transformers' default would re-draw convs from N(0, 0.02)).
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+
+
+class MixupForImageClassification(MixupPreTrainedModel):
+    """timm backbone + linear classifier; in training with labels, each step mixes the batch with one policy."""
+
+    def __init__(self, config: MixupClassifierConfig) -> None:
+        super().__init__(config)
+        self.backbone = create_backbone(config.backbone, cifar_stem=config.cifar_stem, **config.backbone_kwargs)
+        self.classifier = nn.Linear(self.backbone.num_features, config.num_labels)
+        if "manifoldmix" in config.mix_modes:
+            n_stages = len(self.backbone.feature_info)
+            bad = [s for s in config.manifoldmix_stages if not 0 <= s < n_stages]
+            if bad or not config.manifoldmix_stages:
+                raise ValueError(f"manifoldmix_stages must index the backbone's {n_stages} feature stages, "
+                                 f"got {config.manifoldmix_stages}")
+        self.post_init()
+
+    def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features ``[B, D]`` (kNN / linear probes)."""
+        return pooled_features(self.backbone, pixel_values)
+
+    def get_encoder(self) -> nn.Module:
+        """The trained timm backbone."""
+        return self.backbone
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pooled_features(self.backbone, x))
+
+    def sample_mode(self, generator: torch.Generator | None = None) -> str:
+        """One policy from ``config.mix_modes`` with ``config.mix_probs``."""
+        probs = torch.tensor(self.config.mix_probs)
+        return self.config.mix_modes[int(torch.multinomial(probs, 1, generator=generator))]
+
+    def mix_inputs(
+        self, x: torch.Tensor, y: torch.Tensor, *, mode: str, lam: float | None = None,
+        perm: torch.Tensor | None = None, generator: torch.Generator | None = None,
+    ) -> MixResult:
+        """Apply an input-space policy (every mode except ``vanilla`` and ``manifoldmix``)."""
+        if lam is None:
+            lam = sample_lam(self.config.alpha_of(mode), generator=generator)
+        if perm is None:
+            perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        if mode == "mixup":
+            return mixup(x, y, lam=lam, perm=perm)
+        if mode == "cutmix":
+            return cutmix(x, y, lam=lam, perm=perm, generator=generator)
+        if mode == "fmix":
+            return fmix(x, y, lam=lam, perm=perm, generator=generator)
+        if mode == "gridmix":
+            return gridmix(x, y, lam=lam, perm=perm, generator=generator)
+        if mode == "smoothmix":
+            return smoothmix(x, y, lam=lam, perm=perm, generator=generator)
+        if mode == "saliencymix":
+            return saliencymix(x, y, lam=lam, perm=perm)
+        if mode == "resizemix":
+            return resizemix(x, y, perm=perm, scope=tuple(self.config.resizemix_scope), generator=generator)
+        raise ValueError(f"{mode!r} is not an input-space mix mode")
+
+    def _manifold_logits(self, x: torch.Tensor, *, lam: float, perm: torch.Tensor, stage: int) -> torch.Tensor:
+        """ManifoldMix (Verma et al., ICML 2019): mix the hidden features at one backbone stage.
+
+        A forward hook on the stage's module (named by timm's public ``feature_info``) replaces its output
+        with ``lam * h + (1 - lam) * h[perm]``; the rest of the network runs on the mixed features.
+        """
+        module = self.backbone.get_submodule(self.backbone.feature_info[stage]["module"])
+
+        def mix_hook(_module, _inputs, h):
+            return h * lam + h[perm] * (1.0 - lam)
+
+        handle = module.register_forward_hook(mix_hook)
+        try:
+            return self._logits(x)
+        finally:
+            handle.remove()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        mix_mode: str | None = None,
+        lam: float | None = None,
+        perm: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MixupClassifierOutput:
+        """``pixel_values: [B, C, H, W]`` (or ``[B, 1, C, H, W]``); mixing happens in training with ``labels``.
+
+        ``mix_mode`` / ``lam`` / ``perm`` fix the otherwise random policy, ratio and partners.
+        """
+        if pixel_values.ndim == 5:
+            pixel_values = pixel_values[:, 0]
+        if pixel_values.ndim != 4:
+            raise ValueError(f"expected pixel_values [B, C, H, W], got shape {tuple(pixel_values.shape)}")
+        smoothing = self.config.label_smoothing
+        if not (self.training and labels is not None):
+            logits = self._logits(pixel_values)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing) if labels is not None else None
+            return MixupClassifierOutput(loss=loss, logits=logits)
+        mode = mix_mode or self.sample_mode()
+        if mode == "vanilla":
+            logits = self._logits(pixel_values)
+            return MixupClassifierOutput(loss=F.cross_entropy(logits.float(), labels, label_smoothing=smoothing),
+                                         logits=logits)
+        if mode == "manifoldmix":
+            lam = lam if lam is not None else sample_lam(self.config.alpha_of(mode))
+            perm = perm if perm is not None else torch.randperm(pixel_values.shape[0]).to(pixel_values.device)
+            stages = self.config.manifoldmix_stages
+            stage = stages[int(torch.randint(len(stages), (1,)))]
+            logits = self._manifold_logits(pixel_values, lam=lam, perm=perm, stage=stage)
+            y_a, y_b = labels, labels[perm]
+        else:
+            mixed = self.mix_inputs(pixel_values, labels, mode=mode, lam=lam, perm=perm)
+            logits, y_a, y_b, lam = self._logits(mixed.x), mixed.y_a, mixed.y_b, mixed.lam
+        loss = mixed_cross_entropy(logits, y_a, y_b, lam=lam, label_smoothing=smoothing)
+        return MixupClassifierOutput(loss=loss, logits=logits, mix_lam=torch.tensor(float(lam)))
+
+
+__all__ = ["MixupClassifierOutput", "MixupForImageClassification", "MixupPreTrainedModel"]

@@ -8,6 +8,7 @@ L2-normalised features, the top ``k`` training neighbours vote for their class w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -108,86 +109,72 @@ def default_eval_split(dataset: str, name: str | None = None) -> str:
     raise ValueError(f"dataset {dataset!r} has no test/validation split ({names}); pass --eval_split")
 
 
+@dataclass
+class EvalData:
+    """Where and how evaluation reads images: deterministic eval transform at the model's resolution."""
+
+    dataset: str
+    dataset_config: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    batch_size: int = 256
+    num_workers: int = 0
+    device: torch.device | str = "cpu"
+    autocast_dtype: torch.dtype | None = None
+
+    def split_or_default(self, split: str | None) -> str:
+        return split or default_eval_split(self.dataset, self.dataset_config)
+
+    def run(self, model, fn: Callable[[torch.Tensor], torch.Tensor], split: str, limit: int | None):
+        """``fn`` over one pass of ``split`` (at most ``limit`` rows) in eval mode -> ``(outputs, labels)``."""
+        from .data import ImageStream
+        from .transforms import eval_transform
+
+        config = model.config
+        tf = eval_transform(size=config.image_size, mean=config.image_mean, std=config.image_std)
+        stream = ImageStream(
+            self.dataset, split, tf, self.batch_size, name=self.dataset_config, image_column=self.image_column,
+            label_column=self.label_column, shuffle=False, infinite=False, max_samples=limit,
+            num_workers=self.num_workers,
+        )
+        was_training = model.training
+        model.eval()
+        try:
+            return extract_features(fn, stream, device=self.device, autocast_dtype=self.autocast_dtype)
+        finally:
+            model.train(was_training)
+
+
 def knn_evaluate(
     model,
+    data: EvalData,
     *,
-    dataset: str,
     train_split: str = "train",
     eval_split: str | None = None,
-    dataset_config: str | None = None,
-    image_column: str | None = None,
-    label_column: str | None = None,
     train_samples: int | None = None,
     test_samples: int | None = None,
     knn_k: int = 200,
     knn_t: float = 0.1,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: torch.device | str = "cpu",
-    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Weighted kNN top-1 of ``model.extract_features`` (train split = memory bank, eval split = queries).
 
-    Both splits go through the deterministic eval transform at the model's ``image_size`` and
-    normalisation (train features under the test transform, as in InstDisc / MoCo).
+    Train features are computed under the test transform, as in InstDisc / MoCo.
     """
-    from .data import ImageStream
-    from .transforms import eval_transform
-
-    config = model.config
-    tf = eval_transform(size=config.image_size, mean=config.image_mean, std=config.image_std)
-    eval_split = eval_split or default_eval_split(dataset, dataset_config)
-    was_training = model.training
-    model.eval()
-
-    def features(split: str, limit: int | None):
-        stream = ImageStream(
-            dataset, split, tf, batch_size, name=dataset_config, image_column=image_column,
-            label_column=label_column, shuffle=False, infinite=False, max_samples=limit, num_workers=num_workers,
-        )
-        return extract_features(model.extract_features, stream, device=device, autocast_dtype=autocast_dtype)
-
-    try:
-        train_f, train_y = features(train_split, train_samples)
-        test_f, test_y = features(eval_split, test_samples)
-    finally:
-        model.train(was_training)
+    train_f, train_y = data.run(model, model.extract_features, train_split, train_samples)
+    test_f, test_y = data.run(model, model.extract_features, data.split_or_default(eval_split), test_samples)
     top1 = knn_accuracy(train_f, train_y, test_f, test_y, knn_k=knn_k, knn_t=knn_t)
     return {"knn_top1": top1, "knn_train_samples": len(train_y), "knn_test_samples": len(test_y)}
 
 
-@torch.no_grad()
 def accuracy_evaluate(
-    model,
-    *,
-    dataset: str,
-    eval_split: str | None = None,
-    dataset_config: str | None = None,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    test_samples: int | None = None,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: torch.device | str = "cpu",
-    autocast_dtype: torch.dtype | None = None,
+    model, data: EvalData, *, eval_split: str | None = None, test_samples: int | None = None
 ) -> dict[str, float]:
     """Top-1 accuracy of a classifier's logits on the eval split, through the shipped ``evaluate`` module."""
-    from .data import ImageStream
-    from .transforms import eval_transform
 
-    config = model.config
-    tf = eval_transform(size=config.image_size, mean=config.image_mean, std=config.image_std)
-    eval_split = eval_split or default_eval_split(dataset, dataset_config)
-    stream = ImageStream(dataset, eval_split, tf, batch_size, name=dataset_config, image_column=image_column,
-                         label_column=label_column, shuffle=False, infinite=False, max_samples=test_samples,
-                         num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    try:
-        preds, labels = extract_features(lambda x: model(pixel_values=x).logits.argmax(dim=1, keepdim=True),
-                                         stream, device=device, autocast_dtype=autocast_dtype)
-    finally:
-        model.train(was_training)
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return model(pixel_values=x).logits.argmax(dim=1, keepdim=True)
+
+    preds, labels = data.run(model, predict, data.split_or_default(eval_split), test_samples)
     if (labels < 0).any():
         raise ValueError("accuracy evaluation needs labelled data: the dataset has no label column")
     top1 = load_metric("accuracy").compute(predictions=preds[:, 0].long().tolist(), references=labels.tolist())

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import create_backbone, pooled_features
+from .backbones import create_backbone, init_non_persistent, pooled_features
 from .configuration_mixup import MixupClassifierConfig
 from .losses import mixed_cross_entropy
 from .mixing import MixResult, cutmix, fmix, gridmix, mixup, resizemix, saliencymix, sample_lam, smoothmix
@@ -43,9 +43,7 @@ class MixupPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Keep timm's own initialisation (transformers' default would re-draw convs from N(0, 0.02)).
-        if hasattr(module, "init_non_persistent_buffers"):
-            module.init_non_persistent_buffers()
+        init_non_persistent(module)  # keeps timm's and PyTorch's init (see backbones.init_non_persistent)
 
 
 class MixupForImageClassification(MixupPreTrainedModel):

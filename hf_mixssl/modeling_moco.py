@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import create_backbone, pooled_features
+from .backbones import create_backbone, init_non_persistent, pooled_features
 from .configuration_moco import MoCoConfig
 from .distributed import batch_shuffle, batch_unshuffle, concat_all_gather, rank
 from .heads import build_mlp, convert_split_bn, revert_split_bn
@@ -58,11 +58,7 @@ class MoCoPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
 
     def _init_weights(self, module: nn.Module) -> None:
-        # timm initialises its own layers in its constructor and our heads use PyTorch's default init
-        # (as the official MoCo code does); transformers' default N(0, 0.02) would overwrite both.
-        # Only non-persistent buffers need rebuilding after a meta-device `from_pretrained`.
-        if hasattr(module, "init_non_persistent_buffers"):
-            module.init_non_persistent_buffers()
+        init_non_persistent(module)  # keeps timm's and PyTorch's init (see backbones.init_non_persistent)
 
 
 def _build_projector(config: MoCoConfig, in_dim: int) -> nn.Sequential:

@@ -30,7 +30,7 @@ from .arguments import MODEL_FIELDS, PretrainArguments
 from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
 from .data import ImageStream, count_classes, count_rows
-from .evaluation import accuracy_evaluate, knn_evaluate
+from .evaluation import EvalData, accuracy_evaluate, knn_evaluate
 from .modeling_mixup import MixupForImageClassification
 from .modeling_moco import MoCoModel
 from .transforms import view_transform
@@ -279,18 +279,18 @@ class Pretrainer:
         result: dict[str, float] = {}
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
-            common = dict(
-                dataset=args.dataset, eval_split=args.eval_split, dataset_config=args.dataset_config,
-                image_column=args.image_column, label_column=args.label_column, test_samples=args.knn_test_samples,
+            data = EvalData(
+                args.dataset, args.dataset_config, args.image_column, args.label_column,
                 num_workers=args.num_workers, device=acc.device,
                 autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
             )
             if hasattr(model, "classifier"):
-                result = accuracy_evaluate(model, **common)
+                result = accuracy_evaluate(model, data, eval_split=args.eval_split, test_samples=args.knn_test_samples)
                 logger.info("step %d: top-1 %.4f (%d samples)", self.global_step, result["top1"], result["eval_samples"])
             else:
-                result = knn_evaluate(model, train_split=args.train_split, train_samples=args.knn_train_samples,
-                                      knn_k=args.knn_k, knn_t=args.knn_t, **common)
+                result = knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,
+                                      train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
+                                      knn_k=args.knn_k, knn_t=args.knn_t)
                 logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, result["knn_top1"],
                             result["knn_train_samples"], result["knn_test_samples"])
         acc.wait_for_everyone()

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import hf_mixssl  # noqa: F401  (registers the Auto classes)
     from transformers import AutoConfig, AutoModel
 
-    from hf_mixssl.evaluation import knn_evaluate
+    from hf_mixssl.evaluation import EvalData, knn_evaluate
 
     args = build_parser().parse_args(argv)
     try:
@@ -61,13 +61,12 @@ def main(argv=None) -> int:
             model = AutoModel.from_pretrained(args.model, config=config)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
-        result = knn_evaluate(
-            model, dataset=args.dataset, train_split=args.train_split, eval_split=args.eval_split,
-            dataset_config=args.dataset_config, image_column=args.image_column, label_column=args.label_column,
-            train_samples=args.knn_train_samples, test_samples=args.knn_test_samples, knn_k=args.knn_k,
-            knn_t=args.knn_t, batch_size=args.batch_size, num_workers=args.num_workers, device=device,
-            autocast_dtype=torch.bfloat16 if args.bf16 else None,
-        )
+        data = EvalData(args.dataset, args.dataset_config, args.image_column, args.label_column,
+                        batch_size=args.batch_size, num_workers=args.num_workers, device=device,
+                        autocast_dtype=torch.bfloat16 if args.bf16 else None)
+        result = knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,
+                              train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
+                              knn_k=args.knn_k, knn_t=args.knn_t)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,8 +7,10 @@ also makes ``save_pretrained`` ship the modeling code with the weights (``trust_
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .configuration_automix import AutoMixConfig
 from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
+from .modeling_automix import AutoMixModel, AutoMixOutput, AutoMixPreTrainedModel, MixBlock
 from .modeling_mixup import MixupClassifierOutput, MixupForImageClassification, MixupPreTrainedModel
 from .modeling_moco import MoCoModel, MoCoOutput, MoCoPreTrainedModel
 
@@ -19,6 +21,7 @@ _REGISTRY = [
     (MoCoConfig, {"AutoModel": MoCoModel}),
     (MixupClassifierConfig, {"AutoModel": MixupForImageClassification,
                              "AutoModelForImageClassification": MixupForImageClassification}),
+    (AutoMixConfig, {"AutoModelForImageClassification": AutoMixModel, "AutoModel": AutoMixModel}),
 ]
 
 _AUTO = {"AutoModel": AutoModel, "AutoModelForImageClassification": AutoModelForImageClassification}
@@ -31,6 +34,7 @@ for _config_cls, _models in _REGISTRY:
         _model_cls.register_for_auto_class(_auto_name)
 
 __all__ = [
+    "AutoMixConfig", "AutoMixModel", "AutoMixOutput", "AutoMixPreTrainedModel", "MixBlock",
     "MixupClassifierConfig", "MixupClassifierOutput", "MixupForImageClassification", "MixupPreTrainedModel",
     "MoCoConfig", "MoCoModel", "MoCoOutput", "MoCoPreTrainedModel", "__version__",
 ]

@@ -24,8 +24,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class PretrainArguments:
     # ---- what to train
-    method: str | None = _f(None, "moco_v1 | moco_v2 | moco_v3 | mixup",
-                            choices=["moco_v1", "moco_v2", "moco_v3", "mixup"])
+    method: str | None = _f(None, "moco_v1 | moco_v2 | moco_v3 | mixup | automix",
+                            choices=["moco_v1", "moco_v2", "moco_v3", "mixup", "automix"])
     preset: str | None = _f(None, "an official recipe", choices=sorted(PRESETS))
     config: str | None = _f(None, "YAML/JSON file whose values become defaults")
     # ---- data
@@ -70,6 +70,14 @@ class PretrainArguments:
                                 item_type=float)
     num_labels: int | None = _f(None, "classes (auto-detected from a ClassLabel feature or the labels)")
     label_smoothing: float | None = _f(None, "label smoothing of the classifier's cross-entropy")
+    mixblock_stage: int | None = _f(None, "AutoMix: backbone feature_info index feeding the MixBlock")
+    lam_concat: bool | None = _f(None, "AutoMix: lam as an extra MixBlock input channel")
+    mask_loss_weight: float | None = _f(None, "AutoMix: mask-ratio loss weight")
+    mask_loss_schedule: str | None = _f(None, "AutoMix: constant | cosine (decay the mask loss to 0)")
+    lam_margin: float | None = _f(None, "AutoMix: plain Mixup for the backbone when lam is this close to 0/1")
+    momentum_final: float | None = _f(None, "AutoMix: final EMA coefficient")
+    momentum_start: float | None = _f(None, "AutoMix: training fraction before the EMA schedule starts")
+    mixblock_lr_scale: float | None = _f(None, "AutoMix: MixBlock learning rate / backbone learning rate")
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm when running on several processes")
     # ---- optimisation
     per_device_batch_size: int = _f(256, "images per device per micro-step")
@@ -125,7 +133,9 @@ MODEL_FIELDS = (
     "backbone", "backbone_kwargs", "cifar_stem", "image_size", "image_mean", "image_std", "proj_hidden_dim",
     "proj_dim", "proj_num_layers", "pred_hidden_dim", "tau", "queue_size", "momentum", "momentum_schedule",
     "symmetric", "shuffle_bn", "bn_splits", "freeze_patch_embed", "eval_features", "unmix", "unmix_global_prob",
-    "unmix_beta", "mix_modes", "mix_probs", "mix_alpha", "num_labels", "label_smoothing",
+    "unmix_beta", "mix_modes", "mix_probs", "mix_alpha", "num_labels", "label_smoothing", "mixblock_stage",
+    "lam_concat", "mask_loss_weight", "mask_loss_schedule", "lam_margin", "momentum_final", "momentum_start",
+    "mixblock_lr_scale",
 )
 
 

@@ -27,10 +27,12 @@ import torch
 from torch import nn
 
 from .arguments import MODEL_FIELDS, PretrainArguments
+from .configuration_automix import AutoMixConfig
 from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
 from .data import ImageStream, count_classes, count_rows
 from .evaluation import EvalData, accuracy_evaluate, knn_evaluate
+from .modeling_automix import AutoMixModel
 from .modeling_mixup import MixupForImageClassification
 from .modeling_moco import MoCoModel
 from .transforms import view_transform
@@ -42,7 +44,9 @@ MODEL_CLASSES: dict[str, tuple[type, type]] = {
     "moco_v2": (MoCoConfig, MoCoModel),
     "moco_v3": (MoCoConfig, MoCoModel),
     "mixup": (MixupClassifierConfig, MixupForImageClassification),
+    "automix": (AutoMixConfig, AutoMixModel),
 }
+SUPERVISED = ("mixup", "automix")
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -76,7 +80,7 @@ def build_model(args: PretrainArguments, extra: dict[str, Any]) -> nn.Module:
         raise ValueError(f"{', '.join(unused)} do(es) not apply to method {args.method!r}")
     if "version" in extra:
         values["version"] = extra["version"]
-    if args.method == "mixup" and values.get("num_labels") is None:
+    if args.method in SUPERVISED and values.get("num_labels") is None:
         values["num_labels"] = count_classes(args.dataset, args.train_split, name=args.dataset_config,
                                              label_column=args.label_column)
     if isinstance(values.get("mix_alpha"), list) and len(values["mix_alpha"]) == 1:
@@ -160,12 +164,14 @@ class Pretrainer:
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             log_with=self.trackers or None,
             project_dir=str(self.output_dir),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
         acc = self.accelerator
         self._setup_logging()
         set_seed(args.seed)
         self.model = build_model(args, extra)
+        # Methods whose parts learn from different losses (AutoMix) ask DDP to tolerate unused parameters.
+        find_unused = bool(getattr(self.model, "ddp_find_unused_parameters", False))
+        acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=find_unused)
         self.config = self.model.config
         if args.sync_bn and acc.num_processes > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -217,8 +223,10 @@ class Pretrainer:
         # timm's "sgd" is Nesterov SGD and its "momentum" plain momentum SGD (the official MoCo optimizer).
         opt = {"sgd": "sgd" if args.nesterov else "momentum"}.get(args.optimizer, args.optimizer)
         # Frozen (momentum) parameters are skipped by timm's parameter grouping (requires_grad=False).
+        # A model may ask for its own groups (AutoMix's MixBlock learning rate, as `lr_scale`).
+        groups = getattr(self.model, "optimizer_param_groups", None)
         return create_optimizer_v2(
-            self.model, opt=opt, lr=self.peak_lr, weight_decay=args.weight_decay,
+            groups() if groups is not None else self.model, opt=opt, lr=self.peak_lr, weight_decay=args.weight_decay,
             filter_bias_and_bn=args.exclude_bias_norm_wd, **kwargs,
         )
 
@@ -284,7 +292,7 @@ class Pretrainer:
                 num_workers=args.num_workers, device=acc.device,
                 autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
             )
-            if hasattr(model, "classifier"):
+            if args.method in SUPERVISED:
                 result = accuracy_evaluate(model, data, eval_split=args.eval_split, test_samples=args.knn_test_samples)
                 logger.info("step %d: top-1 %.4f (%d samples)", self.global_step, result["top1"], result["eval_samples"])
             else:

@@ -65,6 +65,20 @@ class TestMixupRun:
         logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
         assert sum("top1" in r for r in logged) == 2 and any("mix_lam" in r for r in logged)
 
+    def test_automix_run_reports_top1_with_mixblock_lr_group(self, tmp_path, cifar10):
+        out = tmp_path / "automix"
+        result = run_pretrain(tiny_run(out, cifar10, method="automix", version=None, views="classify",
+                                       queue_size=None, bn_splits=None, momentum=0.999, mixblock_stage=3,
+                                       mixblock_lr_scale=0.5, knn_test_samples=64, max_steps=3, knn_every=0,
+                                       checkpointing_steps=3))
+        assert 0.0 <= result["top1"] <= 1.0
+        logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        for key in ("loss_one", "loss_mix", "loss_mixblock", "loss_mask", "mask_mean", "momentum"):
+            assert key in logged[0], key
+        opt = torch.load(out / "checkpoints" / "step_00000003" / "optimizer.bin", weights_only=False)
+        lrs = [g["lr"] for g in opt["param_groups"]]
+        assert lrs[1] == pytest.approx(0.5 * lrs[0])  # the MixBlock's own learning rate
+
     def test_moco_field_rejected_for_mixup(self, tmp_path, cifar10):
         with pytest.raises(ValueError, match="queue_size"):
             run_pretrain(tiny_run(tmp_path, cifar10, method="mixup", version=None, views="classify", bn_splits=None))

@@ -107,6 +107,9 @@ class PretrainArguments:
     logging_steps: int = _f(10, "log every N steps")
     knn_every: int = _f(0, "evaluate every N steps: kNN for SSL methods, top-1 for classifiers (0 = only at "
                            "the end, -1 = never); alias --eval_every", alias="--eval_every")
+    image_every: int = _f(500, "write pictures (views, mixed samples, AutoMix masks) every N steps "
+                               "(0 = only at the end, -1 = never)")
+    image_count: int = _f(8, "images per picture row")
     knn_k: int = _f(200, "kNN neighbours")
     knn_t: float = _f(0.1, "kNN temperature")
     knn_train_samples: int | None = _f(None, "cap the kNN memory bank")

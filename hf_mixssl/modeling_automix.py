@@ -30,6 +30,7 @@ from .configuration_automix import AutoMixConfig
 from .losses import mixed_cross_entropy
 from .mixing import sample_lam
 from .momentum import make_momentum_copy, momentum_schedule, update_momentum
+from .visualization import denormalize, image_grid
 
 
 @dataclass
@@ -170,6 +171,19 @@ class AutoMixModel(AutoMixPreTrainedModel):
             feat = self.backbone_k.forward_intermediates(
                 pixel_values, indices=[self.config.mixblock_stage], intermediates_only=True, stop_early=True)[0]
         return self.mixblock(feat, lam=lam, perm=perm, size=tuple(pixel_values.shape[-2:]))
+
+    @torch.no_grad()
+    def pictures(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Images, partners, the MixBlock's partner-share masks (white = partner) and the mixed images."""
+        if pixel_values.ndim == 5:
+            pixel_values = pixel_values[:, 0]
+        x = pixel_values
+        perm = torch.randperm(x.shape[0]).to(x.device)
+        mask = self.masks(x, lam=0.5, perm=perm)
+        mixed = (1.0 - mask) * x + mask * x[perm]
+        mean, std = self.config.image_mean, self.config.image_std
+        return {"automix_masks": image_grid([denormalize(x, mean, std), denormalize(x[perm], mean, std), mask,
+                                             denormalize(mixed, mean, std)])}
 
     # ------------------------------------------------------------------------------------- forward
     def forward(

@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 from .backbones import create_backbone, init_non_persistent, pooled_features
 from .configuration_mixup import MixupClassifierConfig
 from .losses import mixed_cross_entropy
+from .visualization import denormalize, image_grid
 from .mixing import MixResult, cutmix, fmix, gridmix, mixup, resizemix, saliencymix, sample_lam, smoothmix
 
 
@@ -64,6 +65,21 @@ class MixupForImageClassification(MixupPreTrainedModel):
     def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``[B, D]`` (kNN / linear probes)."""
         return pooled_features(self.backbone, pixel_values)
+
+    @torch.no_grad()
+    def pictures(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per input-space policy: a grid of images, partners and mixed images (``pixel_values: [n, C, H, W]``)."""
+        if pixel_values.ndim == 5:
+            pixel_values = pixel_values[:, 0]
+        mean, std = self.config.image_mean, self.config.image_std
+        perm = torch.randperm(pixel_values.shape[0]).to(pixel_values.device)
+        out = {}
+        for mode in self.config.mix_modes:
+            if mode in ("vanilla", "manifoldmix"):
+                continue
+            mixed = self.mix_inputs(pixel_values, labels, mode=mode, perm=perm)
+            out[f"mix_{mode}"] = image_grid([denormalize(t, mean, std) for t in (pixel_values, pixel_values[perm], mixed.x)])
+        return out
 
     def get_encoder(self) -> nn.Module:
         """The trained timm backbone."""

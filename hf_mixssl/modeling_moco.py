@@ -27,6 +27,7 @@ from .heads import build_mlp, convert_split_bn, revert_split_bn
 from .losses import contrastive_all_keys, info_nce_queue, unmix_terms
 from .mixing import MixResult, unmix_images
 from .momentum import KeyQueue, make_momentum_copy, momentum_schedule, update_momentum
+from .visualization import denormalize, image_grid
 
 
 @dataclass
@@ -132,6 +133,16 @@ class MoCoModel(MoCoPreTrainedModel):
         if self.config.eval_features == "projection":
             feats = F.normalize(self.projector(feats), dim=1)
         return feats
+
+    @torch.no_grad()
+    def pictures(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Grids of the two views (and Un-Mix's mixed view 1) for ``pixel_values: [n, 2, C, H, W]``."""
+        x1, x2 = pixel_values[:, 0], pixel_values[:, 1]
+        rows = [x1, x2]
+        if self.config.unmix:
+            rows.append(unmix_images(x1, beta=self.config.unmix_beta, global_prob=self.config.unmix_global_prob).x)
+        mean, std = self.config.image_mean, self.config.image_std
+        return {"views": image_grid([denormalize(r, mean, std) for r in rows])}
 
     def get_encoder(self) -> nn.Module:
         """The trained query backbone as a standalone plain timm model (a copy, SplitBatchNorm reverted)."""

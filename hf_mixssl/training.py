@@ -36,6 +36,7 @@ from .modeling_automix import AutoMixModel
 from .modeling_mixup import MixupForImageClassification
 from .modeling_moco import MoCoModel
 from .transforms import view_transform
+from .visualization import save_pictures
 
 logger = logging.getLogger("hf_mixssl")
 
@@ -280,6 +281,17 @@ class Pretrainer:
         self.last_checkpoint = path
         logger.info("resumed from %s at step %d", path, self.global_step)
 
+    # -- pictures
+    def write_pictures(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The model's pictures of this batch's first images, into ``images/`` and the trackers (main process)."""
+        acc = self.accelerator
+        model = acc.unwrap_model(self.model)
+        if not acc.is_main_process or not hasattr(model, "pictures"):
+            return
+        n = self.args.image_count
+        pictures = model.pictures(x[:n].float(), y[:n])
+        save_pictures(pictures, self.output_dir / "images", self.global_step, acc.trackers)
+
     # -- evaluation
     def evaluate_knn(self) -> dict[str, float]:
         """The run's evaluation on the main process: top-1 of a classifier's logits, else weighted kNN."""
@@ -357,6 +369,7 @@ class Pretrainer:
         eval_results: dict[str, float] = {}
         window_images, window_start = 0, time.perf_counter()
         batches = iter(self.stream)
+        x = y = None  # the last batch, for the final pictures
         self._set_lr(self.global_step)
         try:
             with _StopRequest() as stop:
@@ -400,6 +413,8 @@ class Pretrainer:
                     if args.knn_every > 0 and self.global_step % args.knn_every == 0 and self.global_step < self.total_steps:
                         knn = self.evaluate_knn()
                         self._log(knn)
+                    if args.image_every > 0 and self.global_step % args.image_every == 0:
+                        self.write_pictures(x, y)
                     if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
                         self.save_checkpoint()
                     if stop_now:
@@ -416,6 +431,8 @@ class Pretrainer:
             return {"interrupted": True, "global_step": self.global_step, "checkpoint": str(self.last_checkpoint)}
         if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.global_step:08d}"):
             self.save_checkpoint()
+        if args.image_every >= 0 and x is not None:
+            self.write_pictures(x, y)
         if args.knn_every >= 0:
             eval_results = self.evaluate_knn()
             self._log(eval_results)

@@ -30,7 +30,7 @@ def tiny_run(output_dir: Path, dataset: str, **overrides: Any) -> dict[str, Any]
         method="moco_v2", version=2, views="moco_cifar", dataset=dataset, backbone="test_resnet",
         image_size=32, per_device_batch_size=16, max_steps=4, queue_size=64, bn_splits=2,
         output_dir=str(output_dir), checkpointing_steps=0, knn_every=-1, num_workers=0,
-        report_to="none", logging_steps=1, learning_rate=0.05, seed=0,
+        report_to="none", logging_steps=1, learning_rate=0.05, seed=0, image_every=-1,
     )
     values.update(overrides)
     return values

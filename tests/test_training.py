@@ -55,7 +55,8 @@ class TestMixupRun:
         out = tmp_path / "mix"
         result = run_pretrain(tiny_run(out, cifar10, method="mixup", version=None, views="classify", queue_size=None,
                                        bn_splits=None, mix_modes=["mixup", "cutmix", "manifoldmix"],
-                                       mix_alpha=[1.0], knn_test_samples=128, knn_every=2, max_steps=4))
+                                       mix_alpha=[1.0], knn_test_samples=128, knn_every=2, max_steps=4,
+                                       image_every=0))
         assert 0.0 <= result["top1"] <= 1.0 and result["eval_samples"] == 128
         assert json.loads((out / "eval_results.json").read_text())["top1"] == result["top1"]
         import hf_mixssl  # noqa: F401
@@ -64,12 +65,14 @@ class TestMixupRun:
         assert model.config.num_labels == 10  # detected from the ClassLabel feature
         logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
         assert sum("top1" in r for r in logged) == 2 and any("mix_lam" in r for r in logged)
+        assert {p.name.split("_", 2)[2] for p in (out / "images").glob("*.png")} == {"mix_mixup.png", "mix_cutmix.png"}
 
     def test_automix_run_reports_top1_with_mixblock_lr_group(self, tmp_path, cifar10):
         out = tmp_path / "automix"
         result = run_pretrain(tiny_run(out, cifar10, method="automix", version=None, views="classify",
                                        queue_size=None, bn_splits=None, momentum=0.999, mixblock_stage=3,
                                        mixblock_lr_scale=0.5, knn_test_samples=64, max_steps=3, knn_every=0,
+                                       image_every=2,
                                        checkpointing_steps=3))
         assert 0.0 <= result["top1"] <= 1.0
         logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -78,6 +81,12 @@ class TestMixupRun:
         opt = torch.load(out / "checkpoints" / "step_00000003" / "optimizer.bin", weights_only=False)
         lrs = [g["lr"] for g in opt["param_groups"]]
         assert lrs[1] == pytest.approx(0.5 * lrs[0])  # the MixBlock's own learning rate
+        from PIL import Image
+
+        pictures = sorted((out / "images").glob("*automix_masks.png"))
+        assert pictures, "AutoMix masks were not written"
+        grid = Image.open(pictures[-1])
+        assert grid.size[1] > 4 * 32  # four rows: images, partners, masks, mixed
 
     def test_moco_field_rejected_for_mixup(self, tmp_path, cifar10):
         with pytest.raises(ValueError, match="queue_size"):

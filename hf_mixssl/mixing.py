@@ -51,7 +51,7 @@ def _check(x: torch.Tensor, lam: float, perm: torch.Tensor) -> None:
 def mixup(x: torch.Tensor, y: torch.Tensor | None = None, *, lam: float, perm: torch.Tensor) -> MixResult:
     """Global mixup: ``x_mix = lam * x + (1 - lam) * x[perm]``."""
     _check(x, lam, perm)
-    x_mix = x * lam + x[perm] * (1.0 - lam)
+    x_mix = x[perm].lerp_(x, lam)  # x[perm] + lam * (x - x[perm]): one gather, one fused in-place pass
     return MixResult(x_mix, y, y[perm] if y is not None else None, lam)
 
 
@@ -88,7 +88,7 @@ def cutmix(
     h, w = x.shape[-2:]
     y1, y2, x1, x2 = box if box is not None else rand_bbox(h, w, lam, generator=generator)
     x_mix = x.clone()
-    x_mix[:, :, y1:y2, x1:x2] = x[perm][:, :, y1:y2, x1:x2]
+    x_mix[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]  # gather only the box, not the whole partner batch
     lam_box = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
     return MixResult(x_mix, y, y[perm] if y is not None else None, lam_box)
 

@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbones import create_backbone, init_non_persistent, pooled_features
+from .hub import record_auto_classes
 from .configuration_automix import AutoMixConfig
 from .losses import mixed_cross_entropy
 from .mixing import sample_lam
@@ -119,6 +120,7 @@ class AutoMixModel(AutoMixPreTrainedModel):
 
     def __init__(self, config: AutoMixConfig) -> None:
         super().__init__(config)
+        record_auto_classes(config, type(self), ("AutoModel", "AutoModelForImageClassification"))
         self.backbone = create_backbone(config.backbone, cifar_stem=config.cifar_stem, **config.backbone_kwargs)
         info = self.backbone.feature_info
         if not config.mixblock_stage < len(info):

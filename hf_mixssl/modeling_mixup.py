@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .backbones import create_backbone, init_non_persistent, pooled_features
+from .hub import record_auto_classes
 from .configuration_mixup import MixupClassifierConfig
 from .losses import mixed_cross_entropy
 from .visualization import denormalize, image_grid
@@ -52,6 +53,7 @@ class MixupForImageClassification(MixupPreTrainedModel):
 
     def __init__(self, config: MixupClassifierConfig) -> None:
         super().__init__(config)
+        record_auto_classes(config, type(self), ("AutoModel", "AutoModelForImageClassification"))
         self.backbone = create_backbone(config.backbone, cifar_stem=config.cifar_stem, **config.backbone_kwargs)
         self.classifier = nn.Linear(self.backbone.num_features, config.num_labels)
         if "manifoldmix" in config.mix_modes:

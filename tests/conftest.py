@@ -80,3 +80,33 @@ def messy_dataset(tmp_path_factory, cifar10) -> str:
     ds.to_parquet(str(out / "train-00000-of-00001.parquet"))
     ds.to_parquet(str(out / "test-00000-of-00001.parquet"))
     return str(out.parent)
+
+
+def check_loads_without_hf_mixssl(model_dir: Path, auto_class: str, x, expected) -> str:
+    """Load ``model_dir`` with ``<auto_class>.from_pretrained(..., trust_remote_code=True)`` in a fresh process
+    where ``import hf_mixssl`` fails, and check its eval-mode output on ``x`` (logits or features) equals
+    ``expected``. Returns the loaded class's module."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import torch
+
+    torch.save({"x": x, "y": expected}, model_dir / "expected.pt")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["hf_mixssl"] = None  # make `import hf_mixssl` fail: the code must travel with the weights
+        import torch
+        import transformers
+        model = getattr(transformers, {auto_class!r}).from_pretrained({str(model_dir)!r}, trust_remote_code=True)
+        model.eval()
+        expected = torch.load({str(model_dir / "expected.pt")!r})
+        out = model(expected["x"]).logits if hasattr(model, "head_one_k") or hasattr(model, "classifier") \
+            else model.extract_features(expected["x"])
+        assert torch.allclose(out, expected["y"], atol=1e-5)
+        print("OK", type(model).__module__)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(model_dir / "modules")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=model_dir, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().split()[-1]

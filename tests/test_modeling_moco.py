@@ -1,8 +1,3 @@
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import timm
 import torch
@@ -139,23 +134,11 @@ class TestSaveLoad:
         assert torch.allclose(model(x).loss, loaded(x).loss, atol=1e-5)
 
     def test_trust_remote_code_without_hf_mixssl(self, tmp_path):
+        from conftest import check_loads_without_hf_mixssl
+
         torch.manual_seed(0)
         model = MoCoModel(tiny_config(2)).eval()
         model.save_pretrained(tmp_path)
         x = torch.randn(2, 3, 32, 32)
-        torch.save({"x": x, "y": model.extract_features(x)}, tmp_path / "expected.pt")
-        code = textwrap.dedent(f"""
-            import sys
-            sys.modules["hf_mixssl"] = None  # make `import hf_mixssl` fail: the code must travel with the weights
-            import torch
-            from transformers import AutoModel
-            model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
-            assert not type(model).__module__.startswith("hf_mixssl"), type(model).__module__
-            expected = torch.load({str(tmp_path / "expected.pt")!r})
-            assert torch.allclose(model.extract_features(expected["x"]), expected["y"], atol=1e-5)
-            print("OK", type(model).__module__)
-        """)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "OK transformers_modules" in proc.stdout
+        module = check_loads_without_hf_mixssl(tmp_path, "AutoModel", x, model.extract_features(x))
+        assert module.startswith("transformers_modules")

@@ -205,11 +205,13 @@ class Pretrainer:
         acc = self.accelerator
         self.output_dir.mkdir(parents=True, exist_ok=True)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(old)  # an earlier run in this process must not receive this run's log
+            old.close()
         if acc.is_main_process:
             handler = logging.FileHandler(self.output_dir / "train.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
-            self._log_handler = handler
         logger.setLevel(logging.INFO if acc.is_main_process else logging.WARNING)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:

@@ -295,7 +295,7 @@ class Pretrainer:
         save_pictures(pictures, self.output_dir / "images", self.global_step, acc.trackers)
 
     # -- evaluation
-    def evaluate_knn(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
         """The run's evaluation on the main process: top-1 of a classifier's logits, else weighted kNN."""
         acc, args = self.accelerator, self.args
         result: dict[str, float] = {}
@@ -397,24 +397,12 @@ class Pretrainer:
                     lr = self._set_lr(self.global_step)
                     progress.update(1)
                     if self.global_step % args.logging_steps == 0 or self.global_step == self.total_steps:
-                        elapsed = time.perf_counter() - window_start
-                        metrics = {k: float(v.detach().float()) for k, v in output.items()
-                                   if isinstance(v, torch.Tensor) and v.ndim == 0}
-                        metrics.update(lr=lr, images_per_sec=window_images / max(elapsed, 1e-9),
-                                       epoch=self.global_step / self.steps_per_epoch)
-                        if m is not None:
-                            metrics["momentum"] = m
-                        bad = {f"images_{k}": float(v) for k, v in self.stream.counts.items() if k != "ok"}
-                        if bad and bad != self._last_bad:
-                            logger.warning("images skipped or converted so far on this rank: %s", bad)
-                            self._last_bad = bad
-                        metrics.update(bad)
-                        self._log(metrics)
-                        progress.set_postfix(loss=f"{metrics['loss']:.4f}", ips=f"{metrics['images_per_sec']:.0f}")
+                        ips = window_images / max(time.perf_counter() - window_start, 1e-9)
+                        metrics = self._step_metrics(output, lr=lr, momentum=m, images_per_sec=ips)
+                        progress.set_postfix(loss=f"{metrics['loss']:.4f}", ips=f"{ips:.0f}")
                         window_images, window_start = 0, time.perf_counter()
                     if args.knn_every > 0 and self.global_step % args.knn_every == 0 and self.global_step < self.total_steps:
-                        knn = self.evaluate_knn()
-                        self._log(knn)
+                        self._log(self.evaluate())
                     if args.image_every > 0 and self.global_step % args.image_every == 0:
                         self.write_pictures(x, y)
                     if args.checkpointing_steps and self.global_step % args.checkpointing_steps == 0:
@@ -426,21 +414,38 @@ class Pretrainer:
             progress.close()
             batches.close()
         if interrupted:
-            if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.global_step:08d}"):
+            if not self._checkpoint_is_current():
                 self.save_checkpoint()
             logger.warning("stopped by signal at step %d; resume with --resume_from_checkpoint latest", self.global_step)
             acc.end_training()
             return {"interrupted": True, "global_step": self.global_step, "checkpoint": str(self.last_checkpoint)}
-        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.global_step:08d}"):
+        if not self._checkpoint_is_current():
             self.save_checkpoint()
         if args.image_every >= 0 and x is not None:
             self.write_pictures(x, y)
         if args.knn_every >= 0:
-            eval_results = self.evaluate_knn()
+            eval_results = self.evaluate()
             self._log(eval_results)
         self._save_final(eval_results)
         acc.end_training()
         return {"interrupted": False, "global_step": self.global_step, **eval_results}
+
+    def _step_metrics(self, output: Any, *, lr: float, momentum: float | None, images_per_sec: float) -> dict:
+        """Log every scalar output term, lr, momentum, throughput, epoch and bad-image counts."""
+        metrics = {k: float(v.detach().float()) for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+        metrics.update(lr=lr, images_per_sec=images_per_sec, epoch=self.global_step / self.steps_per_epoch)
+        if momentum is not None:
+            metrics["momentum"] = momentum
+        bad = {f"images_{k}": float(v) for k, v in self.stream.counts.items() if k != "ok"}
+        if bad and bad != self._last_bad:
+            logger.warning("images skipped or converted so far on this rank: %s", bad)
+            self._last_bad = bad
+        metrics.update(bad)
+        self._log(metrics)
+        return metrics
+
+    def _checkpoint_is_current(self) -> bool:
+        return self.last_checkpoint is not None and self.last_checkpoint.name == f"step_{self.global_step:08d}"
 
     def _set_lr(self, step: int) -> float:
         lr = learning_rate_at(step, total=self.total_steps, warmup=self.warmup_steps, peak=self.peak_lr,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+import signal
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -142,6 +143,12 @@ def process_chunk(
 
 def _worker_init() -> None:
     torch.set_num_threads(1)  # workers parallelise across processes; threads would oversubscribe cores
+    # Forked workers inherit the trainer's handlers: Ctrl-C is the parent's to handle, and SIGTERM (sent by
+    # Pool.terminate) must end a worker, not set the parent's stop flag in a copy of it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for handler in list(logging.getLogger("hf_mixssl").handlers):  # the run's train.log belongs to the parent
+        logging.getLogger("hf_mixssl").removeHandler(handler)
 
 
 # ------------------------------------------------------------------------------------ stream

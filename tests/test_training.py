@@ -289,3 +289,11 @@ class TestArguments:
         assert learning_rate_at(0, total=10, warmup=2, peak=1.0, final=0.0, schedule="cosine") == 0.5
         assert learning_rate_at(2, total=10, warmup=2, peak=1.0, final=0.0, schedule="cosine") == 1.0
         assert learning_rate_at(10, total=10, warmup=2, peak=1.0, final=0.1, schedule="cosine") == pytest.approx(0.1)
+
+
+def test_data_workers_do_not_inherit_the_stop_handler(tmp_path, cifar10):
+    """Pool.terminate() SIGTERMs the data workers: they must exit, and never write to the run's log."""
+    out = tmp_path / "workers"
+    run_pretrain(tiny_run(out, cifar10, num_workers=2, max_steps=2, knn_every=0, knn_train_samples=64,
+                          knn_test_samples=32))
+    assert "signal 15" not in (out / "train.log").read_text()

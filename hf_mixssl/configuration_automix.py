@@ -7,6 +7,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .config_fields import label_kwargs, set_backbone_fields
+
 
 class AutoMixConfig(PretrainedConfig):
     r"""Configuration of :class:`AutoMixModel`.
@@ -80,9 +82,8 @@ class AutoMixConfig(PretrainedConfig):
             raise ValueError(f"momentum_start must be in [0, 1), got {momentum_start!r}")
         if not isinstance(mixblock_stage, int) or mixblock_stage < 0:
             raise ValueError(f"mixblock_stage must be a non-negative integer, got {mixblock_stage!r}")
-        self.backbone = backbone
-        self.backbone_kwargs = dict(backbone_kwargs or {})
-        self.cifar_stem = cifar_stem
+        set_backbone_fields(self, backbone=backbone, backbone_kwargs=backbone_kwargs, cifar_stem=cifar_stem,
+                            image_size=image_size, image_mean=image_mean, image_std=image_std)
         self.mixblock_stage = mixblock_stage
         self.mix_alpha = float(mix_alpha)
         self.lam_concat = lam_concat
@@ -95,13 +96,4 @@ class AutoMixConfig(PretrainedConfig):
         self.momentum_final = float(momentum_final)
         self.momentum_start = float(momentum_start)
         self.mixblock_lr_scale = float(mixblock_lr_scale)
-        self.image_size = image_size
-        self.image_mean = list(image_mean or (0.485, 0.456, 0.406))
-        self.image_std = list(image_std or (0.229, 0.224, 0.225))
-        if num_labels is None and "id2label" not in kwargs:
-            num_labels = 10
-        if num_labels is not None:  # a saved config restores its classes from id2label instead
-            kwargs["num_labels"] = num_labels
-        super().__init__(**kwargs)
-        if self.num_labels <= 1:
-            raise ValueError(f"num_labels must be >= 2, got {self.num_labels}")
+        super().__init__(**label_kwargs(num_labels, kwargs))

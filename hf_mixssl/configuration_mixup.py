@@ -7,6 +7,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .config_fields import label_kwargs, set_backbone_fields
+
 MIX_MODES = ("vanilla", "mixup", "cutmix", "fmix", "resizemix", "gridmix", "smoothmix", "saliencymix", "manifoldmix")
 
 
@@ -69,11 +71,8 @@ class MixupClassifierConfig(PretrainedConfig):
             raise ValueError(f"resizemix_scope must be [low, high] with 0 < low <= high < 1, got {scope!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        if not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-        self.backbone = backbone
-        self.backbone_kwargs = dict(backbone_kwargs or {})
-        self.cifar_stem = cifar_stem
+        set_backbone_fields(self, backbone=backbone, backbone_kwargs=backbone_kwargs, cifar_stem=cifar_stem,
+                            image_size=image_size, image_mean=image_mean, image_std=image_std)
         self.mix_modes = mix_modes
         total = float(sum(mix_probs))
         self.mix_probs = [float(p) / total for p in mix_probs]
@@ -81,16 +80,7 @@ class MixupClassifierConfig(PretrainedConfig):
         self.resizemix_scope = scope
         self.manifoldmix_stages = list(manifoldmix_stages if manifoldmix_stages is not None else [0, 1, 2])
         self.label_smoothing = float(label_smoothing)
-        self.image_size = image_size
-        self.image_mean = list(image_mean or (0.485, 0.456, 0.406))
-        self.image_std = list(image_std or (0.229, 0.224, 0.225))
-        if num_labels is None and "id2label" not in kwargs:
-            num_labels = 10
-        if num_labels is not None:  # a saved config restores its classes from id2label instead
-            kwargs["num_labels"] = num_labels
-        super().__init__(**kwargs)
-        if self.num_labels <= 1:
-            raise ValueError(f"num_labels must be >= 2, got {self.num_labels}")
+        super().__init__(**label_kwargs(num_labels, kwargs))
 
     def alpha_of(self, mode: str) -> float:
         """The Beta parameter of ``mode``."""

@@ -6,6 +6,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .config_fields import set_backbone_fields
+
 _VERSIONS = (1, 2, 3)
 _EVAL_FEATURES = ("backbone", "projection")
 
@@ -79,11 +81,9 @@ class MoCoConfig(PretrainedConfig):
     ) -> None:
         if version not in _VERSIONS:
             raise ValueError(f"version must be one of {_VERSIONS}, got {version!r}")
-        if not isinstance(backbone, str) or not backbone:
-            raise ValueError(f"backbone must be a timm model name, got {backbone!r}")
         for field, value in (("proj_dim", proj_dim), ("proj_num_layers", proj_num_layers),
                              ("pred_hidden_dim", pred_hidden_dim), ("queue_size", queue_size),
-                             ("bn_splits", bn_splits), ("image_size", image_size)):
+                             ("bn_splits", bn_splits)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{field} must be a positive integer, got {value!r}")
         if not isinstance(proj_hidden_dim, int) or proj_hidden_dim < 0:
@@ -100,10 +100,9 @@ class MoCoConfig(PretrainedConfig):
             raise ValueError(f"unmix_global_prob must be in [0, 1], got {unmix_global_prob!r}")
         if not unmix_beta > 0:
             raise ValueError(f"unmix_beta must be > 0, got {unmix_beta!r}")
+        set_backbone_fields(self, backbone=backbone, backbone_kwargs=backbone_kwargs, cifar_stem=cifar_stem,
+                            image_size=image_size, image_mean=image_mean, image_std=image_std)
         self.version = version
-        self.backbone = backbone
-        self.backbone_kwargs = dict(backbone_kwargs or {})
-        self.cifar_stem = cifar_stem
         self.proj_hidden_dim = proj_hidden_dim
         self.proj_dim = proj_dim
         self.proj_num_layers = proj_num_layers
@@ -120,7 +119,4 @@ class MoCoConfig(PretrainedConfig):
         self.unmix = unmix
         self.unmix_global_prob = float(unmix_global_prob)
         self.unmix_beta = float(unmix_beta)
-        self.image_size = image_size
-        self.image_mean = list(image_mean or (0.485, 0.456, 0.406))
-        self.image_std = list(image_std or (0.229, 0.224, 0.225))
         super().__init__(**kwargs)

@@ -82,10 +82,10 @@ def messy_dataset(tmp_path_factory, cifar10) -> str:
     return str(out.parent)
 
 
-def check_loads_without_hf_mixssl(model_dir: Path, auto_class: str, x, expected) -> str:
+def check_loads_without_hf_mixssl(model_dir: Path, auto_class: str, x, expected, *, features: bool) -> str:
     """Load ``model_dir`` with ``<auto_class>.from_pretrained(..., trust_remote_code=True)`` in a fresh process
-    where ``import hf_mixssl`` fails, and check its eval-mode output on ``x`` (logits or features) equals
-    ``expected``. Returns the loaded class's module."""
+    where ``import hf_mixssl`` fails, and check its eval-mode output on ``x`` (``extract_features`` when
+    ``features``, else logits) equals ``expected``. Returns the loaded class's module."""
     import subprocess
     import sys
     import textwrap

@@ -124,13 +124,3 @@ class TestInferenceAndSaving:
         with pytest.raises(ValueError, match="mixblock_stage"):
             tiny(mixblock_stage=9)
 
-
-@pytest.mark.parametrize("auto_class", ["AutoModel", "AutoModelForImageClassification"])
-def test_trust_remote_code_without_hf_mixssl(tmp_path, auto_class):
-    from conftest import check_loads_without_hf_mixssl
-
-    model = tiny().eval()
-    model.save_pretrained(tmp_path)
-    x = torch.randn(2, 3, 32, 32)
-    module = check_loads_without_hf_mixssl(tmp_path, auto_class, x, model(x).logits)
-    assert module.startswith("transformers_modules")

@@ -93,13 +93,3 @@ def test_manifoldmix_stage_out_of_range():
     with pytest.raises(ValueError, match="manifoldmix_stages"):
         tiny(mix_modes=["manifoldmix"], manifoldmix_stages=[9])
 
-
-@pytest.mark.parametrize("auto_class", ["AutoModel", "AutoModelForImageClassification"])
-def test_trust_remote_code_without_hf_mixssl(tmp_path, auto_class):
-    from conftest import check_loads_without_hf_mixssl
-
-    model = tiny().eval()
-    model.save_pretrained(tmp_path)
-    x = torch.randn(2, 3, 32, 32)
-    module = check_loads_without_hf_mixssl(tmp_path, auto_class, x, model(x).logits)
-    assert module.startswith("transformers_modules")

@@ -132,13 +132,3 @@ class TestSaveLoad:
         x = views(4, seed=5)
         assert torch.allclose(model.extract_features(x[:, 0]), loaded.extract_features(x[:, 0]), atol=1e-5)
         assert torch.allclose(model(x).loss, loaded(x).loss, atol=1e-5)
-
-    def test_trust_remote_code_without_hf_mixssl(self, tmp_path):
-        from conftest import check_loads_without_hf_mixssl
-
-        torch.manual_seed(0)
-        model = MoCoModel(tiny_config(2)).eval()
-        model.save_pretrained(tmp_path)
-        x = torch.randn(2, 3, 32, 32)
-        module = check_loads_without_hf_mixssl(tmp_path, "AutoModel", x, model.extract_features(x))
-        assert module.startswith("transformers_modules")

@@ -1,0 +1,31 @@
+"""A saved run directory loads in a process without hf_mixssl (`trust_remote_code=True`), under every Auto class
+the method registers: the modeling code travels with the weights."""
+
+import pytest
+import torch
+
+from conftest import check_loads_without_hf_mixssl
+from hf_mixssl import (AutoMixConfig, AutoMixModel, MixupClassifierConfig, MixupForImageClassification, MoCoConfig,
+                       MoCoModel)
+
+TINY = dict(backbone="test_resnet", cifar_stem=True, image_size=32)
+CASES = [
+    ("AutoModel", lambda: MoCoModel(MoCoConfig(version=2, queue_size=32, proj_dim=16, **TINY))),
+    ("AutoModel", lambda: MixupForImageClassification(MixupClassifierConfig(num_labels=5, **TINY))),
+    ("AutoModelForImageClassification",
+     lambda: MixupForImageClassification(MixupClassifierConfig(num_labels=5, **TINY))),
+    ("AutoModel", lambda: AutoMixModel(AutoMixConfig(num_labels=5, **TINY))),
+    ("AutoModelForImageClassification", lambda: AutoMixModel(AutoMixConfig(num_labels=5, **TINY))),
+]
+
+
+@pytest.mark.parametrize("auto_class,build", CASES, ids=[f"{a}-{i}" for i, (a, _) in enumerate(CASES)])
+def test_loads_with_trust_remote_code_without_hf_mixssl(tmp_path, auto_class, build):
+    torch.manual_seed(0)
+    model = build().eval()
+    model.save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    features = isinstance(model, MoCoModel)  # self-supervised: features; classifiers: logits
+    expected = model.extract_features(x) if features else model(x).logits
+    module = check_loads_without_hf_mixssl(tmp_path, auto_class, x, expected, features=features)
+    assert module.startswith("transformers_modules")

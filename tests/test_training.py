@@ -267,6 +267,22 @@ class TestDistributed:
         assert json.loads((out / "eval_results.json").read_text())["knn_test_samples"] == 32
 
 
+    def test_two_process_automix(self, tmp_path, cifar10):
+        """AutoMix under DDP (its parts learn from different losses: find_unused_parameters)."""
+        out = tmp_path / "ddp_automix"
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--main_process_port", str(_free_port())]
+        cmd = launch + _script("--preset", "automix_cifar", "--dataset", cifar10, "--backbone", "test_resnet",
+                               "--per_device_batch_size", "16", "--max_steps", "2", "--output_dir", str(out),
+                               "--knn_test_samples", "32", "--num_workers", "0", "--report_to", "none",
+                               "--image_every", "-1")[1:]
+        proc = subprocess.run(cmd, env={**os.environ, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((out / "eval_results.json").read_text())["eval_samples"] == 32
+
+
 class TestArguments:
     def test_precedence_preset_file_cli(self, tmp_path):
         cfg = tmp_path / "run.yaml"

@@ -29,8 +29,6 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-logger = logging.getLogger(__name__)
-
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "jpg", "png", "jpeg", "picture")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "cls", "class", "target")
 
@@ -304,7 +302,7 @@ class ImageStream:
         buf_x: list[torch.Tensor] = []
         buf_y: list[int] = []
         for kept, x, labels, counts in self._processed(self._raw_chunks(epoch, start), pool):
-            self._count(counts)
+            self.counts.update(counts)  # the trainer logs these totals
             if x is None:
                 continue
             buf_idx.extend(kept)
@@ -322,8 +320,6 @@ class ImageStream:
         del idx[:n], xs[:n], ys[:n]
         return batch
 
-    def _count(self, counts: Counter) -> None:
-        self.counts.update(counts)  # the trainer logs these totals
 
 
 def count_rows(dataset: str, split: str, *, name: str | None = None) -> int:

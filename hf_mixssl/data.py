@@ -321,7 +321,6 @@ class ImageStream:
         return batch
 
 
-
 def count_rows(dataset: str, split: str, *, name: str | None = None) -> int:
     """Number of rows in a split: from the dataset's metadata when present, else by one cheap pass."""
     from datasets import load_dataset

@@ -167,15 +167,25 @@ def knn_evaluate(
 
 
 def accuracy_evaluate(
-    model, data: EvalData, *, eval_split: str | None = None, test_samples: int | None = None
+    model,
+    data: EvalData,
+    *,
+    eval_split: str | None = None,
+    test_samples: int | None = None,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    key: str = "top1",
 ) -> dict[str, float]:
-    """Top-1 accuracy of a classifier's logits on the eval split, through the shipped ``evaluate`` module."""
+    """Top-1 accuracy of a classifier's logits on the eval split, through the shipped ``evaluate`` module.
+
+    ``logits_fn(x) -> [B, num_labels]`` defaults to ``model(pixel_values=x).logits``; the result is ``{key: top1}``.
+    """
+    logits_fn = logits_fn or (lambda x: model(pixel_values=x).logits)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return model(pixel_values=x).logits.argmax(dim=1, keepdim=True)
+        return logits_fn(x).argmax(dim=1, keepdim=True)
 
     preds, labels = data.run(model, predict, data.split_or_default(eval_split), test_samples)
     if (labels < 0).any():
         raise ValueError("accuracy evaluation needs labelled data: the dataset has no label column")
     top1 = load_metric("accuracy").compute(predictions=preds[:, 0].long().tolist(), references=labels.tolist())
-    return {"top1": float(top1["accuracy"]), "eval_samples": len(labels)}
+    return {key: float(top1["accuracy"]), "eval_samples": len(labels)}

@@ -163,6 +163,10 @@ class AutoMixModel(AutoMixPreTrainedModel):
         """Pooled momentum-encoder features ``[B, D]`` (inference uses ``k``)."""
         return pooled_features(self.backbone_k, pixel_values)
 
+    def online_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Logits of the online encoder and its clean head, ``[B, num_labels]`` (inference uses the momentum one)."""
+        return self.head_one(pooled_features(self.backbone, pixel_values))
+
     def get_encoder(self) -> nn.Module:
         """The momentum encoder's timm backbone (AutoMix's inference network)."""
         return self.backbone_k

@@ -309,6 +309,10 @@ class Pretrainer:
             if args.method in SUPERVISED:
                 result = accuracy_evaluate(model, data, eval_split=args.eval_split, test_samples=args.knn_test_samples)
                 logger.info("step %d: top-1 %.4f (%d samples)", self.global_step, result["top1"], result["eval_samples"])
+                if hasattr(model, "online_logits"):  # AutoMix: the online encoder too, which leads early in training
+                    result.update(accuracy_evaluate(model, data, eval_split=args.eval_split, key="top1_online",
+                                                    test_samples=args.knn_test_samples, logits_fn=model.online_logits))
+                    logger.info("step %d: online top-1 %.4f", self.global_step, result["top1_online"])
             else:
                 result = knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,
                                       train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,

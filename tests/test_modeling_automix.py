@@ -101,6 +101,10 @@ class TestInferenceAndSaving:
         x, _ = data()
         expected = model.head_one_k(model.backbone_k(x))
         assert torch.allclose(model(x).logits, expected, atol=1e-6)
+        with torch.no_grad():
+            model.head_one.bias.add_(1.0)  # the online classifier moves, the momentum one does not
+        assert torch.allclose(model.online_logits(x), expected + 1.0, atol=1e-5)
+        assert torch.allclose(model(x).logits, expected, atol=1e-6)
 
     def test_round_trip_both_auto_classes(self, tmp_path):
         model = tiny().train()

@@ -74,7 +74,7 @@ class TestMixupRun:
                                        mixblock_lr_scale=0.5, knn_test_samples=64, max_steps=3, knn_every=0,
                                        image_every=2,
                                        checkpointing_steps=3))
-        assert 0.0 <= result["top1"] <= 1.0
+        assert 0.0 <= result["top1"] <= 1.0 and 0.0 <= result["top1_online"] <= 1.0
         logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
         for key in ("loss_one", "loss_mix", "loss_mixblock", "loss_mask", "mask_mean", "momentum"):
             assert key in logged[0], key

@@ -24,8 +24,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class PretrainArguments:
     # ---- what to train
-    method: str | None = _f(None, "moco_v1 | moco_v2 | moco_v3 | mixup | automix",
-                            choices=["moco_v1", "moco_v2", "moco_v3", "mixup", "automix"])
+    method: str | None = _f(None, "moco_v1 | moco_v2 | moco_v3 | mixup | automix | mae",
+                            choices=["moco_v1", "moco_v2", "moco_v3", "mixup", "automix", "mae"])
     preset: str | None = _f(None, "an official recipe", choices=sorted(PRESETS))
     config: str | None = _f(None, "YAML/JSON file whose values become defaults")
     # ---- data
@@ -35,7 +35,7 @@ class PretrainArguments:
     eval_split: str | None = _f(None, "kNN split (default: test or validation when present)")
     image_column: str | None = _f(None, "image column (auto-detected)")
     label_column: str | None = _f(None, "label column for kNN (auto-detected)")
-    views: str | None = _f(None, "view recipe: moco_v1 | moco_v2 | moco_cifar | moco_v3 | classify")
+    views: str | None = _f(None, "view recipe: moco_v1 | moco_v2 | moco_cifar | moco_v3 | classify | mae")
     min_crop_scale: float | None = _f(None, "RandomResizedCrop lower scale (recipe default)")
     shuffle_buffer_size: int = _f(10_000, "streaming shuffle buffer")
     num_workers: int = _f(2, "decode/augment worker processes per rank")
@@ -78,6 +78,12 @@ class PretrainArguments:
     momentum_final: float | None = _f(None, "AutoMix: final EMA coefficient")
     momentum_start: float | None = _f(None, "AutoMix: training fraction before the EMA schedule starts")
     mixblock_lr_scale: float | None = _f(None, "AutoMix: MixBlock learning rate / backbone learning rate")
+    mask_ratio: float | None = _f(None, "MAE: fraction of patches removed per sample")
+    decoder_embed_dim: int | None = _f(None, "MAE: decoder width")
+    decoder_depth: int | None = _f(None, "MAE: decoder blocks")
+    decoder_num_heads: int | None = _f(None, "MAE: decoder attention heads")
+    norm_pix_loss: bool | None = _f(None, "MAE: per-patch normalised pixel targets")
+    feature_pool: str | None = _f(None, "MAE: kNN/linear features: cls | mean")
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm when running on several processes")
     # ---- optimisation
     per_device_batch_size: int = _f(256, "images per device per micro-step")
@@ -138,7 +144,8 @@ MODEL_FIELDS = (
     "symmetric", "shuffle_bn", "bn_splits", "freeze_patch_embed", "eval_features", "unmix", "unmix_global_prob",
     "unmix_beta", "mix_modes", "mix_probs", "mix_alpha", "num_labels", "label_smoothing", "mixblock_stage",
     "lam_concat", "mask_loss_weight", "mask_loss_schedule", "lam_margin", "momentum_final", "momentum_start",
-    "mixblock_lr_scale",
+    "mixblock_lr_scale", "mask_ratio", "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "norm_pix_loss",
+    "feature_pool",
 )
 
 

@@ -56,13 +56,3 @@ def pooled_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled pre-logits features ``[B, num_features]`` for images ``x: [B, C, H, W]``."""
     return backbone.forward_head(backbone.forward_features(x), pre_logits=True)
 
-
-def init_non_persistent(module: nn.Module) -> None:
-    """The whole of our models' ``_init_weights``: rebuild a timm module's non-persistent buffers.
-
-    timm initialises its layers in its constructor and our heads use PyTorch's default init (as the official
-    code does); transformers' default ``_init_weights`` would overwrite both with N(0, 0.02). Only buffers that
-    are not saved need rebuilding after ``from_pretrained`` constructs the model on the meta device.
-    """
-    if hasattr(module, "init_non_persistent_buffers"):
-        module.init_non_persistent_buffers()

@@ -1,11 +1,17 @@
-"""Sharing: what a saved model directory needs so that others can load it.
+"""Sharing: what a saved model directory needs so that others can load it, and the encoder export.
 
-(Model-card rendering, encoder export and Hub upload are planned here too; see the open sharing issue.)
+(Model-card rendering and Hub upload are planned here too; see the open sharing issue.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from torch import nn
 
 
 def record_auto_classes(config, model_cls: type, auto_classes: Iterable[str]) -> None:
@@ -19,3 +25,37 @@ def record_auto_classes(config, model_cls: type, auto_classes: Iterable[str]) ->
     for name in auto_classes:
         auto_map.setdefault(name, f"{module}.{model_cls.__name__}")
     config.auto_map = auto_map
+
+
+def export_encoder(
+    encoder: nn.Module,
+    out_dir: str | Path,
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Path:
+    """Save a timm model in timm's Hub format (``config.json`` + ``model.safetensors``), atomically.
+
+    ``timm.create_model("local-dir:OUT")`` / ``"hf-hub:org/name"`` and transformers' ``AutoModel``
+    (``TimmWrapperModel``) load the result with no hf_mixssl code. timm records ``num_classes=0`` in
+    ``model_args``; transformers' TimmWrapper passes ``num_classes`` itself and fails on the duplicate, so
+    that key is dropped (the top-level ``num_classes: 0`` still tells timm the model is headless).
+    """
+    from timm.models import save_for_hf
+
+    out = Path(out_dir)
+    tmp = out.with_name(f".tmp_{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    data_config = {"input_size": (3, image_size, image_size), "mean": tuple(mean), "std": tuple(std)}
+    save_for_hf(encoder, str(tmp), safe_serialization=True, data_config=data_config)
+    config_path = tmp / "config.json"
+    config = json.loads(config_path.read_text())
+    config.get("model_args", {}).pop("num_classes", None)
+    config.get("pretrained_cfg", {}).pop("tag", None)  # names the architecture's stock weights, not these
+    config_path.write_text(json.dumps(config, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

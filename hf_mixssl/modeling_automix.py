@@ -22,16 +22,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import create_backbone, init_non_persistent, pooled_features
+from .backbones import create_backbone, pooled_features
 from .hub import record_auto_classes
 from .configuration_automix import AutoMixConfig
 from .losses import mixed_cross_entropy
 from .mixing import sample_lam
 from .momentum import make_momentum_copy, momentum_schedule, update_momentum
 from .visualization import denormalize, image_grid
+from .pretrained import VisionPreTrainedModel
 
 
 @dataclass
@@ -101,15 +101,10 @@ def mask_ratio_loss(mask: torch.Tensor, lam: float, *, margin: float) -> torch.T
     return (torch.abs(1.0 - mask.mean() - lam) - margin).clamp_min(0.0)
 
 
-class AutoMixPreTrainedModel(PreTrainedModel):
+class AutoMixPreTrainedModel(VisionPreTrainedModel):
     config_class = AutoMixConfig
     config: AutoMixConfig
     base_model_prefix = "automix"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_non_persistent(module)  # keeps timm's and PyTorch's init (see backbones.init_non_persistent)
 
 
 class AutoMixModel(AutoMixPreTrainedModel):

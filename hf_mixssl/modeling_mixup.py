@@ -11,15 +11,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import create_backbone, init_non_persistent, pooled_features
+from .backbones import create_backbone, pooled_features
 from .hub import record_auto_classes
 from .configuration_mixup import MixupClassifierConfig
 from .losses import mixed_cross_entropy
 from .visualization import denormalize, image_grid
 from .mixing import MixResult, cutmix, fmix, gridmix, mixup, resizemix, saliencymix, sample_lam, smoothmix
+from .pretrained import VisionPreTrainedModel
 
 
 @dataclass
@@ -37,15 +37,10 @@ class MixupClassifierOutput(ModelOutput):
     mix_lam: torch.Tensor | None = None
 
 
-class MixupPreTrainedModel(PreTrainedModel):
+class MixupPreTrainedModel(VisionPreTrainedModel):
     config_class = MixupClassifierConfig
     config: MixupClassifierConfig
     base_model_prefix = "mixup"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_non_persistent(module)  # keeps timm's and PyTorch's init (see backbones.init_non_persistent)
 
 
 class MixupForImageClassification(MixupPreTrainedModel):

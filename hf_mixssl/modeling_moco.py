@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import create_backbone, init_non_persistent, pooled_features
+from .backbones import create_backbone, pooled_features
 from .configuration_moco import MoCoConfig
 from .distributed import batch_shuffle, batch_unshuffle, concat_all_gather, rank
 from .heads import build_mlp, convert_split_bn, revert_split_bn
@@ -28,6 +27,7 @@ from .losses import contrastive_all_keys, info_nce_queue, unmix_terms
 from .mixing import MixResult, unmix_images
 from .momentum import KeyQueue, make_momentum_copy, momentum_schedule, update_momentum
 from .visualization import denormalize, image_grid
+from .pretrained import VisionPreTrainedModel
 
 
 @dataclass
@@ -51,15 +51,10 @@ class MoCoOutput(ModelOutput):
     unmix_lam: torch.Tensor | None = None
 
 
-class MoCoPreTrainedModel(PreTrainedModel):
+class MoCoPreTrainedModel(VisionPreTrainedModel):
     config_class = MoCoConfig
     config: MoCoConfig
     base_model_prefix = "moco"
-    main_input_name = "pixel_values"
-    input_modalities = ("image",)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_non_persistent(module)  # keeps timm's and PyTorch's init (see backbones.init_non_persistent)
 
 
 def _build_projector(config: MoCoConfig, in_dim: int) -> nn.Sequential:

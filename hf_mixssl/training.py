@@ -28,11 +28,13 @@ from torch import nn
 
 from .arguments import MODEL_FIELDS, PretrainArguments
 from .configuration_automix import AutoMixConfig
+from .configuration_mae import MAEConfig
 from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
 from .data import ImageStream, count_classes, count_rows
 from .evaluation import EvalData, accuracy_evaluate, knn_evaluate
 from .modeling_automix import AutoMixModel
+from .modeling_mae import MAEModel
 from .modeling_mixup import MixupForImageClassification
 from .modeling_moco import MoCoModel
 from .transforms import view_transform
@@ -46,6 +48,7 @@ MODEL_CLASSES: dict[str, tuple[type, type]] = {
     "moco_v3": (MoCoConfig, MoCoModel),
     "mixup": (MixupClassifierConfig, MixupForImageClassification),
     "automix": (AutoMixConfig, AutoMixModel),
+    "mae": (MAEConfig, MAEModel),
 }
 SUPERVISED = ("mixup", "automix")
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")

@@ -1,7 +1,8 @@
 """View generators: each maps one RGB PIL image to a tensor ``[V, C, H, W]`` of augmented views.
 
 Recipes follow the official code (METHODS.md): MoCo v1 (``main_moco.py``, ``--aug-plus`` off), MoCo v2
-(``--aug-plus``), the MoCo CIFAR Colab, and MoCo v3's asymmetric BYOL-style pair. Randomness comes from
+(``--aug-plus``), the MoCo CIFAR Colab, MoCo v3's asymmetric BYOL-style pair, the single classification
+view, and MAE's single crop-and-flip view. Randomness comes from
 torch's global generator, which the data pipeline seeds per sample so views are reproducible.
 """
 
@@ -17,7 +18,7 @@ from .config_fields import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-export
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
-VIEW_RECIPES = ("moco_v1", "moco_v2", "moco_cifar", "moco_v3", "classify")
+VIEW_RECIPES = ("moco_v1", "moco_v2", "moco_cifar", "moco_v3", "classify", "mae")
 
 
 class MultiView:
@@ -81,6 +82,10 @@ def view_transform(
             crop = v2.RandomCrop(size, padding=size // 8)
         else:
             crop = v2.RandomResizedCrop(size, scale=(min_scale or 0.08, 1.0), antialias=True)
+        return MultiView([v2.Compose([crop, flip, *tail])])
+    if recipe == "mae":  # one view: RandomResizedCrop(0.2-1, bicubic) + flip only (main_pretrain.py)
+        crop = v2.RandomResizedCrop(size, scale=(min_scale or 0.2, 1.0), antialias=True,
+                                    interpolation=v2.InterpolationMode.BICUBIC)
         return MultiView([v2.Compose([crop, flip, *tail])])
     raise ValueError(f"unknown view recipe {recipe!r}; choose one of {VIEW_RECIPES}")
 

@@ -59,3 +59,16 @@ def export_encoder(
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def export_model_encoder(model, out_dir: str | Path) -> Path | None:
+    """Export ``model.get_encoder()`` with :func:`export_encoder`; ``None`` when timm cannot rebuild it.
+
+    A CIFAR stem (3x3 stride-1 conv, no max-pool) is not expressible in timm's ``model_args``, so such
+    backbones are not exported (``AutoModel`` on the run dir still loads them).
+    """
+    config = model.config
+    if getattr(config, "cifar_stem", False) or not hasattr(model, "get_encoder"):
+        return None
+    return export_encoder(model.get_encoder(), out_dir, image_size=config.image_size, mean=config.image_mean,
+                          std=config.image_std)

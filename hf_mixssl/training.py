@@ -32,6 +32,7 @@ from .configuration_mae import MAEConfig
 from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
 from .data import ImageStream, count_classes, count_rows
+from .hub import export_model_encoder
 from .evaluation import EvalData, accuracy_evaluate, knn_evaluate
 from .modeling_automix import AutoMixModel
 from .modeling_mae import MAEModel
@@ -467,6 +468,9 @@ class Pretrainer:
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             model.save_pretrained(self.output_dir, safe_serialization=True)
+            encoder = export_model_encoder(model, self.output_dir / "encoder")
+            if encoder is None:
+                logger.info("encoder not exported: timm cannot rebuild a CIFAR-stem backbone from its config")
             results = {"global_step": self.global_step, "method": self.args.method,
                        "dataset": self.args.dataset, **eval_results}
             (self.output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))

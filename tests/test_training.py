@@ -43,8 +43,13 @@ class TestShortRun:
         assert args["model_config"]["backbone"] == "test_resnet"
         import hf_mixssl  # noqa: F401
 
-        model = AutoModel.from_pretrained(out)
+        model = AutoModel.from_pretrained(out).eval()
         assert type(model).__name__ == "MoCoModel"
+        import timm
+
+        encoder = timm.create_model(f"local-dir:{out / 'encoder'}", pretrained=True).eval()  # stock timm
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.allclose(encoder(x), model.get_encoder().eval()(x), atol=1e-5)
         assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_00000003", "step_00000006"]
 
 
@@ -91,6 +96,32 @@ class TestMixupRun:
     def test_moco_field_rejected_for_mixup(self, tmp_path, cifar10):
         with pytest.raises(ValueError, match="queue_size"):
             run_pretrain(tiny_run(tmp_path, cifar10, method="mixup", version=None, views="classify", bn_splits=None))
+
+
+class TestMAERun:
+    def test_mae_run_logs_loss_pictures_knn_and_exports_a_timm_vit(self, tmp_path, cifar10):
+        import timm
+        from PIL import Image
+
+        from hf_mixssl.presets import METHOD_DEFAULTS
+
+        out = tmp_path / "mae"
+        result = run_pretrain(tiny_run(
+            out, cifar10, **{**METHOD_DEFAULTS["mae"], "method": "mae", "learning_rate": 1e-3, "scale_lr": False},
+            version=None, queue_size=None, bn_splits=None,
+            backbone="vit_tiny_patch16_224", backbone_kwargs={"patch_size": 8, "depth": 1}, decoder_embed_dim=32,
+            decoder_depth=1, decoder_num_heads=4, max_steps=3, image_every=2, knn_every=0, knn_train_samples=128,
+            knn_test_samples=64, warmup_steps=1))
+        assert 0.0 <= result["knn_top1"] <= 1.0
+        logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3]
+        pictures = sorted((out / "images").glob("*mae_reconstruction.png"))
+        assert len(pictures) == 2  # at step 2 and at the end
+        assert Image.open(pictures[-1]).size[1] == 4 * 34 + 2  # original / masked / reconstruction / pasted
+        opt = torch.load(out / "checkpoints" / "step_00000003" / "optimizer.bin", weights_only=False)
+        assert opt["param_groups"][0]["betas"] == (0.9, 0.95) and {g["weight_decay"] for g in opt["param_groups"]} == {0.0, 0.05}
+        encoder = timm.create_model(f"local-dir:{out / 'encoder'}", pretrained=True)
+        assert encoder.patch_embed.patch_size == (8, 8) and encoder.num_classes == 0
 
 
 class TestResume:

@@ -1,18 +1,25 @@
-"""Feature extraction and the weighted kNN monitor; metrics go through shipped ``evaluate`` modules.
+"""Feature extraction, the weighted kNN monitor and the linear probe; metrics go through shipped ``evaluate``
+modules.
 
 Weighted kNN as in InstDisc (Wu et al., 2018) and the MoCo CIFAR Colab: cosine similarity of
 L2-normalised features, the top ``k`` training neighbours vote for their class with weight
 ``exp(sim / T)``, and the class with the largest summed weight wins.
+
+Linear probe as MAE's ``main_linprobe.py`` head: ``BatchNorm1d(affine=False) -> Linear`` on frozen features
+(the encoder in eval mode), trained with SGD + cosine; features are computed once under the test transform
+(no augmentation, so the probe trains in seconds; the official probes augment and train for 90-100 epochs).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 
@@ -189,3 +196,92 @@ def accuracy_evaluate(
         raise ValueError("accuracy evaluation needs labelled data: the dataset has no label column")
     top1 = load_metric("accuracy").compute(predictions=preds[:, 0].long().tolist(), references=labels.tolist())
     return {key: float(top1["accuracy"]), "eval_samples": len(labels)}
+
+
+def train_linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    *,
+    num_classes: int,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> nn.Sequential:
+    """Fit ``BatchNorm1d(D, affine=False, eps=1e-6) -> Linear(D, C)`` on ``[N, D]`` frozen features.
+
+    SGD (momentum 0.9), learning rate cosine-annealed per step from ``lr`` to 0, cross-entropy, shuffled
+    mini-batches from a seeded generator; the Linear starts at N(0, 0.01) weights and zero bias (MAE).
+    """
+    if epochs <= 0 or batch_size <= 0 or lr <= 0:
+        raise ValueError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {lr}")
+    if (train_labels < 0).any():
+        raise ValueError("the linear probe needs labelled data: the dataset has no label column")
+    g = torch.Generator().manual_seed(seed)
+    dim = train_feats.shape[1]
+    head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
+    with torch.no_grad():
+        head[1].weight.normal_(0.0, 0.01, generator=g)
+        head[1].bias.zero_()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    n = train_feats.shape[0]
+    steps_per_epoch = max(1, n // batch_size)  # drop the last partial batch (BatchNorm needs > 1 sample)
+    total = epochs * steps_per_epoch
+    head.train()
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(head(train_feats[idx].float()), train_labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return head.eval()
+
+
+@torch.no_grad()
+def topk_accuracies(logits: torch.Tensor, labels: torch.Tensor, *, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """``{"top1": ..., "top5": ...}`` of ``logits [N, C]`` through the shipped ``top_k_accuracy`` module
+    (``k`` values above ``C`` are skipped)."""
+    metric = load_metric("top_k_accuracy")
+    k_max = min(max(ks), logits.shape[1])
+    ranked = logits.float().topk(k_max, dim=1).indices.tolist()
+    refs = labels.tolist()
+    return {f"top{k}": float(metric.compute(predictions=ranked, references=refs, k=k)["top_k_accuracy"])
+            for k in ks if k <= logits.shape[1]}
+
+
+def linear_probe_evaluate(
+    model,
+    data: EvalData,
+    *,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    train_samples: int | None = None,
+    test_samples: int | None = None,
+    features_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    epochs: int = 100,
+    batch_size: int = 256,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Linear-probe top-1/top-5 of frozen ``features_fn`` (default ``model.extract_features``) features."""
+    fn = features_fn or model.extract_features
+    train_f, train_y = data.run(model, fn, train_split, train_samples)
+    test_f, test_y = data.run(model, fn, data.split_or_default(eval_split), test_samples)
+    if (test_y < 0).any():
+        raise ValueError("the linear probe needs labelled data: the dataset has no label column")
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    head = train_linear_probe(train_f, train_y, num_classes=num_classes, epochs=epochs, batch_size=batch_size,
+                              lr=lr, weight_decay=weight_decay, seed=seed)
+    with torch.no_grad():
+        logits = head(test_f)
+    acc = topk_accuracies(logits, test_y)
+    return {**{f"linear_{k}": v for k, v in acc.items()}, "linear_train_samples": len(train_y),
+            "linear_test_samples": len(test_y), "linear_epochs": epochs}

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Evaluate a pretrained hf_mixssl model: `python scripts/evaluate.py --model runs/moco --protocol knn`.
+"""Evaluate a pretrained hf_mixssl model: `python scripts/evaluate.py --model runs/moco --protocol knn linear`.
 
-`--random_init` evaluates the same architecture with fresh weights (the baseline every SSL result is
-compared with). Results are printed as JSON and merged into `<model>/eval_results.json` (or `--output_file`).
+Protocols: `knn` (weighted kNN, k 200, T 0.1) and `linear` (frozen encoder, BN(affine=False) + Linear probe on
+cached features). `--random_init` evaluates the same architecture with fresh weights (the baseline every SSL
+result is compared with). Results are printed as JSON and merged into `<model>/eval_results.json` (or
+`--output_file`); keys carry the feature choice, e.g. `backbone_knn_top1`, `cls_linear_top1`.
 """
 
 import argparse
@@ -23,17 +25,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run directory (or a local save_pretrained directory)")
     p.add_argument("--dataset", default="../shared/datasets/cifar10", help="load_dataset path or Hub id")
     p.add_argument("--dataset_config", default=None)
-    p.add_argument("--protocol", default="knn", choices=["knn"], help="evaluation protocol")
+    p.add_argument("--protocol", nargs="+", default=["knn"], choices=["knn", "linear"],
+                   help="evaluation protocol(s)")
     p.add_argument("--train_split", default="train")
     p.add_argument("--eval_split", default=None, help="default: test or validation")
     p.add_argument("--image_column", default=None)
     p.add_argument("--label_column", default=None)
     p.add_argument("--eval_features", default=None, choices=["backbone", "projection"],
-                   help="override the model config's feature choice")
+                   help="MoCo: override the model config's feature choice")
+    p.add_argument("--feature_pool", default=None, choices=["cls", "mean"], help="MAE: class token or mean token")
     p.add_argument("--knn_k", type=int, default=200)
     p.add_argument("--knn_t", type=float, default=0.1)
     p.add_argument("--knn_train_samples", type=int, default=None)
     p.add_argument("--knn_test_samples", type=int, default=None)
+    p.add_argument("--linear_epochs", type=int, default=100)
+    p.add_argument("--linear_lr", type=float, default=0.1)
+    p.add_argument("--linear_batch_size", type=int, default=256)
+    p.add_argument("--linear_weight_decay", type=float, default=0.0)
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--random_init", action="store_true", help="same architecture, untrained weights")
@@ -47,13 +55,17 @@ def main(argv=None) -> int:
     import hf_mixssl  # noqa: F401  (registers the Auto classes)
     from transformers import AutoConfig, AutoModel
 
-    from hf_mixssl.evaluation import EvalData, knn_evaluate
+    from hf_mixssl.evaluation import EvalData, knn_evaluate, linear_probe_evaluate
 
     args = build_parser().parse_args(argv)
     try:
         config = AutoConfig.from_pretrained(args.model)
-        if args.eval_features:
-            config.eval_features = args.eval_features
+        for field in ("eval_features", "feature_pool"):
+            value = getattr(args, field)
+            if value is not None:
+                if not hasattr(config, field):
+                    raise ValueError(f"--{field} does not apply to {args.model} ({config.model_type})")
+                setattr(config, field, value)
         if args.random_init:
             torch.manual_seed(args.seed)
             model = AutoModel.from_config(config)
@@ -64,14 +76,24 @@ def main(argv=None) -> int:
         data = EvalData(args.dataset, args.dataset_config, args.image_column, args.label_column,
                         batch_size=args.batch_size, num_workers=args.num_workers, device=device,
                         autocast_dtype=torch.bfloat16 if args.bf16 else None)
-        result = knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,
-                              train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
-                              knn_k=args.knn_k, knn_t=args.knn_t)
+        result = {}
+        if "knn" in args.protocol:
+            result.update(knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,
+                                       train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
+                                       knn_k=args.knn_k, knn_t=args.knn_t))
+        if "linear" in args.protocol:
+            result.update(linear_probe_evaluate(
+                model, data, train_split=args.train_split, eval_split=args.eval_split,
+                train_samples=args.knn_train_samples, test_samples=args.knn_test_samples, epochs=args.linear_epochs,
+                lr=args.linear_lr, batch_size=args.linear_batch_size, weight_decay=args.linear_weight_decay,
+                seed=args.seed))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    prefix = ("random_init_" if args.random_init else "") + f"{config.eval_features}_"
-    result = {prefix + k if k == "knn_top1" else k: v for k, v in result.items()}
+    features = getattr(config, "eval_features", None) or getattr(config, "feature_pool", None)
+    prefix = ("random_init_" if args.random_init else "") + (f"{features}_" if features else "")
+    scores = ("knn_top1", "linear_top1", "linear_top5")
+    result = {prefix + k if k in scores else k: v for k, v in result.items()}
     print(json.dumps(result))
     output = args.output_file or (None if args.random_init else str(Path(args.model) / "eval_results.json"))
     if output:

@@ -23,6 +23,26 @@ def test_evaluate_script_knn_and_random_init(tmp_path, cifar10):
     assert "random_init_backbone_knn_top1" in json.loads(baseline.stdout.strip().splitlines()[-1])
 
 
+def test_evaluate_script_linear_probe_on_mae(tmp_path, cifar10):
+    from hf_mixssl.presets import METHOD_DEFAULTS
+
+    out = tmp_path / "mae"
+    run_pretrain(tiny_run(out, cifar10, **{**METHOD_DEFAULTS["mae"], "method": "mae", "learning_rate": 1e-3},
+                          version=None, queue_size=None, bn_splits=None, backbone="vit_tiny_patch16_224",
+                          backbone_kwargs={"patch_size": 8, "depth": 1}, decoder_embed_dim=32, decoder_depth=1,
+                          decoder_num_heads=4, max_steps=1))
+    cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model", str(out), "--dataset", cifar10,
+           "--protocol", "knn", "linear", "--feature_pool", "mean", "--knn_train_samples", "256",
+           "--knn_test_samples", "128", "--linear_epochs", "3", "--num_workers", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0.0 <= result["mean_linear_top1"] <= result["mean_linear_top5"] <= 1.0
+    assert "mean_knn_top1" in result and result["linear_test_samples"] == 128
+    bad = subprocess.run(cmd[:6] + ["--eval_features", "projection"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--eval_features does not apply" in bad.stderr
+
+
 def test_evaluate_script_bad_model_dir(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120)

@@ -84,6 +84,9 @@ class PretrainArguments:
     decoder_num_heads: int | None = _f(None, "MAE: decoder attention heads")
     norm_pix_loss: bool | None = _f(None, "MAE: per-patch normalised pixel targets")
     feature_pool: str | None = _f(None, "MAE: kNN/linear features: cls | mean")
+    init_backbone: str | None = _f(None, "mixup classifier: start the backbone from an exported timm encoder "
+                                         "(a run dir or its encoder/ dir); its architecture, kwargs and "
+                                         "preprocessing become the defaults")
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm when running on several processes")
     # ---- optimisation
     per_device_batch_size: int = _f(256, "images per device per micro-step")

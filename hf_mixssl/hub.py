@@ -72,3 +72,18 @@ def export_model_encoder(model, out_dir: str | Path) -> Path | None:
         return None
     return export_encoder(model.get_encoder(), out_dir, image_size=config.image_size, mean=config.image_mean,
                           std=config.image_std)
+
+
+def read_encoder_export(path: str | Path) -> tuple[dict, Path]:
+    """``(timm config.json dict, weights file)`` of an exported encoder dir, or of a run dir's ``encoder/``."""
+    root = Path(path)
+    if not (root / "config.json").is_file() or "architecture" not in json.loads((root / "config.json").read_text()):
+        root = root / "encoder"
+    config_path, weights = root / "config.json", root / "model.safetensors"
+    if not config_path.is_file() or not weights.is_file():
+        raise ValueError(f"{path} is neither an exported timm encoder (config.json with 'architecture' + "
+                         f"model.safetensors) nor a run dir holding one in encoder/")
+    config = json.loads(config_path.read_text())
+    if "architecture" not in config:
+        raise ValueError(f"{config_path} has no 'architecture' field: not a timm export")
+    return config, weights

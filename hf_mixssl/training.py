@@ -32,7 +32,7 @@ from .configuration_mae import MAEConfig
 from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
 from .data import ImageStream, count_classes, count_rows
-from .hub import export_model_encoder
+from .hub import export_model_encoder, read_encoder_export
 from .evaluation import EvalData, accuracy_evaluate, knn_evaluate
 from .modeling_automix import AutoMixModel
 from .modeling_mae import MAEModel
@@ -80,6 +80,20 @@ def build_model(args: PretrainArguments, extra: dict[str, Any]) -> nn.Module:
     config_cls, model_cls = MODEL_CLASSES[args.method]
     accepted = set(inspect.signature(config_cls.__init__).parameters)
     values = {k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k) is not None}
+    weights = None
+    if args.init_backbone:
+        if args.method != "mixup":
+            raise ValueError(f"init_backbone applies to method 'mixup' (fine-tuning), not {args.method!r}")
+        export, weights = read_encoder_export(args.init_backbone)
+        model_args = {k: v for k, v in export.get("model_args", {}).items() if k != "num_classes"}
+        cfg = export.get("pretrained_cfg", {})
+        values.setdefault("backbone", export["architecture"])
+        values.setdefault("backbone_kwargs", model_args)
+        if "image_size" not in values and cfg.get("input_size"):
+            values["image_size"] = int(cfg["input_size"][-1])
+        for ours, theirs in (("image_mean", "mean"), ("image_std", "std")):
+            if ours not in values and cfg.get(theirs):
+                values[ours] = list(cfg[theirs])
     unused = sorted(k for k in values if k not in accepted)
     if unused:
         raise ValueError(f"{', '.join(unused)} do(es) not apply to method {args.method!r}")
@@ -90,7 +104,17 @@ def build_model(args: PretrainArguments, extra: dict[str, Any]) -> nn.Module:
                                              label_column=args.label_column)
     if isinstance(values.get("mix_alpha"), list) and len(values["mix_alpha"]) == 1:
         values["mix_alpha"] = values["mix_alpha"][0]
-    return model_cls(config_cls(**values))
+    model = model_cls(config_cls(**values))
+    if weights is not None:
+        from safetensors.torch import load_file
+
+        try:
+            model.get_encoder().load_state_dict(load_file(str(weights)), strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"init_backbone {weights} does not fit backbone {model.config.backbone!r} "
+                             f"{model.config.backbone_kwargs}: {e}") from e
+        logger.info("backbone initialised from %s", weights)
+    return model
 
 
 def list_checkpoints(root: Path) -> list[Path]:

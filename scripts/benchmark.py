@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Throughput benchmark: `python scripts/benchmark.py [--suite moco|mixing|automix|all] [--backbone resnet18 ...]`.
+"""Throughput benchmark: `python scripts/benchmark.py [--suite moco|mixing|automix|mae|all] [--backbone resnet18 ...]`.
 
 Rows (images/s, on whatever device is present):
 - the practical limit: a bare timm supervised train step (one forward + backward + SGD step);
@@ -11,6 +11,8 @@ Rows (images/s, on whatever device is present):
 Suite `mixing`: calls/s of every mixer on a `--mix_batch` x 3 x `--mix_size`^2 batch against timm's
 Mixup / CutMix (`timm.data.Mixup`) on the same batch. Suite `automix`: an AutoMix train step against a plain
 Mixup classifier step on the same backbone (OpenMixup's AutoMix costs 2.2x Mixup on DeiT-S).
+Suite `mae`: our MAE train step against transformers' `ViTMAEForPreTraining` of the same size (the peer) and a
+bare timm ViT train step on all patches (`--mae_backbone`, `--mae_patch`, `--mae_decoder` width depth heads).
 Peak memory is the largest resident set (CPU) or allocated memory (CUDA) seen during each row.
 """
 
@@ -231,6 +233,50 @@ def automix_rows(args, device) -> list[dict]:
     return rows
 
 
+def mae_rows(args, device) -> list[dict]:
+    """MAE step vs transformers' ViTMAEForPreTraining (same sizes) vs a bare timm ViT step on all patches."""
+    import timm
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from hf_mixssl import MAEConfig, MAEModel
+
+    width, depth, heads = args.mae_decoder
+    ours = MAEModel(MAEConfig(backbone=args.mae_backbone, backbone_kwargs={"patch_size": args.mae_patch},
+                              image_size=args.image_size, decoder_embed_dim=width, decoder_depth=depth,
+                              decoder_num_heads=heads, norm_pix_loss=True))
+    enc = ours.encoder
+    peer = ViTMAEForPreTraining(ViTMAEConfig(
+        hidden_size=enc.embed_dim, num_hidden_layers=len(enc.blocks), num_attention_heads=enc.blocks[0].attn.num_heads,
+        intermediate_size=4 * enc.embed_dim, image_size=args.image_size, patch_size=args.mae_patch,
+        decoder_hidden_size=width, decoder_num_hidden_layers=depth, decoder_num_attention_heads=heads,
+        decoder_intermediate_size=4 * width, mask_ratio=0.75, norm_pix_loss=True))
+    bare = timm.create_model(args.mae_backbone, patch_size=args.mae_patch, img_size=args.image_size, num_classes=10)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    losses = {
+        "timm ViT supervised step, all patches": (bare, lambda m: F.cross_entropy(m(x), y)),
+        "hf_mixssl MAE step (mask 0.75)": (ours, lambda m: m(pixel_values=x).loss),
+        "transformers ViTMAEForPreTraining step (peer)": (peer, lambda m: m(pixel_values=x).loss),
+    }
+    rows = []
+    for name, (model, loss_fn) in losses.items():
+        model.to(device).train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
+
+        def step(model=model, opt=opt, loss_fn=loss_fn) -> None:
+            with autocast(device, args.bf16):
+                loss = loss_fn(model)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        with PeakMemory(device) as mem:
+            seconds = time_steps(step, steps=args.steps, warmup=args.warmup, device=device)
+        rows.append({"row": name, "images_per_sec": args.batch_size / seconds, "peak_mib": mem.peak_mib})
+        model.to("cpu")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="resnet18")
@@ -242,7 +288,10 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="../shared/datasets/cifar10")
     p.add_argument("--data_batches", type=int, default=20)
     p.add_argument("--skip", nargs="*", default=[], choices=["lightly", "data", "v3"])
-    p.add_argument("--suite", default="moco", choices=["moco", "mixing", "automix", "all"])
+    p.add_argument("--suite", default="moco", choices=["moco", "mixing", "automix", "mae", "all"])
+    p.add_argument("--mae_backbone", default="vit_tiny_patch16_224")
+    p.add_argument("--mae_patch", type=int, default=4)
+    p.add_argument("--mae_decoder", type=int, nargs=3, default=[512, 8, 16], metavar=("WIDTH", "DEPTH", "HEADS"))
     p.add_argument("--mix_batch", type=int, default=128)
     p.add_argument("--mix_size", type=int, default=224)
     p.add_argument("--output", default=None, help="also write the rows as JSON here")
@@ -266,6 +315,15 @@ def main(argv=None) -> int:
             ratio = f"{r['cost_vs_mixup']:.2f}x" if "cost_vs_mixup" in r else "1.00x"
             print(f"| {r['row']} | {r['images_per_sec']:.0f} | {ratio} | {r['peak_mib']:.0f} |")
         report["automix"] = rows
+    if args.suite in ("mae", "all"):
+        rows = mae_rows(args, device)
+        w, d, h = args.mae_decoder
+        print(f"\n{args.mae_backbone} patch {args.mae_patch}, {args.image_size} px, decoder {w}x{d}x{h}, batch "
+              f"{args.batch_size}, {device.type} {precision}\n")
+        print("| step | images/s | peak memory (MiB) |\n|---|---|---|")
+        for r in rows:
+            print(f"| {r['row']} | {r['images_per_sec']:.0f} | {r['peak_mib']:.0f} |")
+        report["mae"] = rows
     if args.suite in ("moco", "all"):
         report["moco"] = moco_suite(args, device)
     if args.output:

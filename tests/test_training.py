@@ -102,7 +102,9 @@ class TestMAERun:
     def test_mae_run_logs_loss_pictures_knn_and_exports_a_timm_vit(self, tmp_path, cifar10):
         import timm
         from PIL import Image
+        from transformers import AutoModel
 
+        import hf_mixssl  # noqa: F401
         from hf_mixssl.presets import METHOD_DEFAULTS
 
         out = tmp_path / "mae"
@@ -122,6 +124,23 @@ class TestMAERun:
         assert opt["param_groups"][0]["betas"] == (0.9, 0.95) and {g["weight_decay"] for g in opt["param_groups"]} == {0.0, 0.05}
         encoder = timm.create_model(f"local-dir:{out / 'encoder'}", pretrained=True)
         assert encoder.patch_embed.patch_size == (8, 8) and encoder.num_classes == 0
+
+        # fine-tune the MAE encoder with the mixup classifier: architecture, kwargs and weights come from the run
+        from hf_mixssl.arguments import resolve
+        from hf_mixssl.training import build_model
+
+        ft = tiny_run(tmp_path / "ft", cifar10, method="mixup", version=None, views="classify", queue_size=None,
+                      bn_splits=None, backbone=None, image_size=None, init_backbone=str(out), num_labels=10)
+        classifier = build_model(*resolve(ft))
+        assert classifier.config.backbone == "vit_tiny_patch16_224" and classifier.config.image_size == 32
+        mae_encoder = AutoModel.from_pretrained(out).encoder.state_dict()
+        assert all(torch.equal(v, mae_encoder[k]) for k, v in classifier.backbone.state_dict().items())
+        result = run_pretrain({**ft, "max_steps": 2, "knn_every": 0, "knn_test_samples": 32})
+        assert 0.0 <= result["top1"] <= 1.0
+        with pytest.raises(ValueError, match="init_backbone applies to method 'mixup'"):
+            build_model(*resolve({**ft, "method": "mae", "views": "mae", "num_labels": None}))
+        with pytest.raises(ValueError, match="neither an exported timm encoder"):
+            build_model(*resolve({**ft, "init_backbone": str(tmp_path)}))
 
 
 class TestResume:

@@ -8,10 +8,12 @@ also makes ``save_pretrained`` ship the modeling code with the weights (``trust_
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration_automix import AutoMixConfig
+from .configuration_emp_ssl import EMPSSLConfig
 from .configuration_mae import MAEConfig
 from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
 from .modeling_automix import AutoMixModel, AutoMixOutput, AutoMixPreTrainedModel, MixBlock
+from .modeling_emp_ssl import EMPSSLModel, EMPSSLOutput, EMPSSLPreTrainedModel
 from .modeling_mae import MAEModel, MAEOutput, MAEPreTrainedModel
 from .modeling_mixup import MixupClassifierOutput, MixupForImageClassification, MixupPreTrainedModel
 from .modeling_moco import MoCoModel, MoCoOutput, MoCoPreTrainedModel
@@ -25,6 +27,7 @@ _REGISTRY = [
                              "AutoModelForImageClassification": MixupForImageClassification}),
     (AutoMixConfig, {"AutoModelForImageClassification": AutoMixModel, "AutoModel": AutoMixModel}),
     (MAEConfig, {"AutoModel": MAEModel}),
+    (EMPSSLConfig, {"AutoModel": EMPSSLModel}),
 ]
 
 _AUTO = {"AutoModel": AutoModel, "AutoModelForImageClassification": AutoModelForImageClassification}
@@ -38,6 +41,7 @@ for _config_cls, _models in _REGISTRY:
 
 __all__ = [
     "AutoMixConfig", "AutoMixModel", "AutoMixOutput", "AutoMixPreTrainedModel", "MixBlock",
+    "EMPSSLConfig", "EMPSSLModel", "EMPSSLOutput", "EMPSSLPreTrainedModel",
     "MAEConfig", "MAEModel", "MAEOutput", "MAEPreTrainedModel",
     "MixupClassifierConfig", "MixupClassifierOutput", "MixupForImageClassification", "MixupPreTrainedModel",
     "MoCoConfig", "MoCoModel", "MoCoOutput", "MoCoPreTrainedModel", "__version__",

@@ -24,8 +24,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class PretrainArguments:
     # ---- what to train
-    method: str | None = _f(None, "moco_v1 | moco_v2 | moco_v3 | mixup | automix | mae",
-                            choices=["moco_v1", "moco_v2", "moco_v3", "mixup", "automix", "mae"])
+    method: str | None = _f(None, "moco_v1 | moco_v2 | moco_v3 | mixup | automix | mae | emp_ssl",
+                            choices=["moco_v1", "moco_v2", "moco_v3", "mixup", "automix", "mae", "emp_ssl"])
     preset: str | None = _f(None, "an official recipe", choices=sorted(PRESETS))
     config: str | None = _f(None, "YAML/JSON file whose values become defaults")
     # ---- data
@@ -35,7 +35,8 @@ class PretrainArguments:
     eval_split: str | None = _f(None, "kNN split (default: test or validation when present)")
     image_column: str | None = _f(None, "image column (auto-detected)")
     label_column: str | None = _f(None, "label column for kNN (auto-detected)")
-    views: str | None = _f(None, "view recipe: moco_v1 | moco_v2 | moco_cifar | moco_v3 | classify | mae")
+    views: str | None = _f(None, "view recipe: moco_v1 | moco_v2 | moco_cifar | moco_v3 | classify | mae | "
+                                      "emp_ssl")
     min_crop_scale: float | None = _f(None, "RandomResizedCrop lower scale (recipe default)")
     shuffle_buffer_size: int = _f(10_000, "streaming shuffle buffer")
     num_workers: int = _f(2, "decode/augment worker processes per rank")
@@ -59,7 +60,8 @@ class PretrainArguments:
     shuffle_bn: bool | None = _f(None, "shuffle-BN for keys")
     bn_splits: int | None = _f(None, "SplitBatchNorm splits")
     freeze_patch_embed: bool | None = _f(None, "v3 ViT: freeze the patch embedding")
-    eval_features: str | None = _f(None, "backbone | projection (kNN features)")
+    eval_features: str | None = _f(None, "kNN/probe features: MoCo backbone | projection; EMP-SSL pre_feature | "
+                                         "backbone")
     unmix: bool | None = _f(None, "add Un-Mix image-mixture terms (MoCo v1/v2/v3)")
     unmix_global_prob: float | None = _f(None, "Un-Mix: probability of global mixup (else CutMix region)")
     unmix_beta: float | None = _f(None, "Un-Mix: lam ~ Beta(beta, beta)")
@@ -84,6 +86,14 @@ class PretrainArguments:
     decoder_num_heads: int | None = _f(None, "MAE: decoder attention heads")
     norm_pix_loss: bool | None = _f(None, "MAE: per-patch normalised pixel targets")
     feature_pool: str | None = _f(None, "MAE: kNN/linear features: cls | mean")
+    num_patches: int | None = _f(None, "EMP-SSL: augmented patches per image per step")
+    crop_scale: float | None = _f(None, "EMP-SSL: patch area as a fraction of the image")
+    tcr_eps: float | None = _f(None, "EMP-SSL: coding-rate eps")
+    invariance_weight: float | None = _f(None, "EMP-SSL: weight of the invariance term")
+    tcr_weight: float | None = _f(None, "EMP-SSL: weight of the TCR term")
+    eval_patches: int | None = _f(None, "EMP-SSL: bag-of-features patches per image for kNN / probes")
+    hidden_dim: int | None = _f(None, "EMP-SSL: pre-feature / projector hidden width")
+    z_dim: int | None = _f(None, "EMP-SSL: embedding dim")
     init_backbone: str | None = _f(None, "mixup classifier: start the backbone from an exported timm encoder "
                                          "(a run dir or its encoder/ dir); its architecture, kwargs and "
                                          "preprocessing become the defaults")
@@ -102,7 +112,9 @@ class PretrainArguments:
     optimizer: str = _f("sgd", "sgd | adamw | lars", choices=["sgd", "adamw", "lars"])
     weight_decay: float = _f(1e-4, "weight decay")
     sgd_momentum: float = _f(0.9, "SGD/LARS momentum")
-    nesterov: bool = _f(False, "Nesterov momentum for SGD (the MoCo recipes use plain momentum)")
+    nesterov: bool = _f(False, "Nesterov momentum for SGD/LARS (the MoCo recipes use plain momentum)")
+    lars_trust_coeff: float | None = _f(None, "LARS trust coefficient eta (timm default 0.001)")
+    lars_trust_clip: bool = _f(False, "LARS: clip the trust ratio at 1 (LARC; EMP-SSL's LARSWrapper clip=True)")
     adam_betas: list | None = _f(None, "JSON [beta1, beta2] for AdamW")
     exclude_bias_norm_wd: bool = _f(False, "no weight decay on biases and norm parameters")
     max_grad_norm: float | None = _f(None, "clip gradients to this norm")
@@ -148,7 +160,8 @@ MODEL_FIELDS = (
     "unmix_beta", "mix_modes", "mix_probs", "mix_alpha", "num_labels", "label_smoothing", "mixblock_stage",
     "lam_concat", "mask_loss_weight", "mask_loss_schedule", "lam_margin", "momentum_final", "momentum_start",
     "mixblock_lr_scale", "mask_ratio", "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "norm_pix_loss",
-    "feature_pool",
+    "feature_pool", "num_patches", "crop_scale", "tcr_eps", "invariance_weight", "tcr_weight", "eval_patches",
+    "hidden_dim", "z_dim",
 )
 
 

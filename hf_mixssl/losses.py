@@ -95,3 +95,45 @@ def mixed_cross_entropy(
     ce_a = F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
     ce_b = F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)
     return lam * ce_a + (1.0 - lam) * ce_b
+
+
+def total_coding_rate(z: torch.Tensor, *, eps: float) -> torch.Tensor:
+    """Total Coding Rate of ``b`` embeddings of dimension ``d`` (Ma et al. 2007; EMP-SSL, Tong et al. 2023).
+
+    ``TCR(Z) = 1/2 logdet(I_d + d / (b eps) Zᵀ Z)`` for ``z: [b, d]`` (the official ``TotalCodingRate`` returns
+    its negative as the loss). Computed in fp32 outside autocast through the smaller Gram matrix
+    (``logdet(I_d + c ZᵀZ) = logdet(I_b + c Z Zᵀ)``, Sylvester) and a Cholesky factor: the matrix is the identity
+    plus a PSD term, so it is positive definite and finite even for rank-deficient ``z``.
+    """
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    with torch.autocast(z.device.type, enabled=False):
+        z = z.float()
+        b, d = z.shape
+        gram = z @ z.t() if b <= d else z.t() @ z
+        m = torch.eye(gram.shape[0], device=z.device) + (d / (b * eps)) * gram
+        chol, info = torch.linalg.cholesky_ex(m)
+        if bool(info.any()):  # cannot happen in exact arithmetic; fall back rather than return NaN
+            return 0.5 * torch.linalg.slogdet(m)[1]
+        return torch.log(torch.diagonal(chol)).sum()  # 1/2 * 2 * sum(log diag L)
+
+
+def emp_ssl_terms(
+    z: torch.Tensor, *, eps: float, gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMP-SSL's two terms for ``z: [n, B, d]`` (n patches of B images, L2-normalised embeddings).
+
+    ``invariance = -1/n sum_i mean_b cos(z_ib, zbar_b)`` with ``zbar_b = 1/n sum_i z_ib`` (not detached), and
+    ``tcr = -1/n sum_i TCR(Z_i)`` over each patch chunk ``Z_i: [B, d]``. The loss is
+    ``invariance_weight * invariance + tcr_weight * tcr`` (200 and 1 in the paper).
+
+    ``gather`` (an all-gather with gradient, e.g. :func:`hf_mixssl.distributed.gather_with_grad`) makes each
+    ``Z_i`` the global batch across ranks, so TCR equals the single-device value at the same global batch;
+    the invariance term is per image (all of an image's patches live on one rank), and DDP's gradient
+    average over ranks turns the per-rank means into the global mean.
+    """
+    n = z.shape[0]
+    mean = z.mean(dim=0, keepdim=True)
+    invariance = -F.cosine_similarity(z.float(), mean.float().expand_as(z), dim=-1).mean()
+    tcr = torch.stack([-total_coding_rate(gather(z[i]) if gather else z[i], eps=eps) for i in range(n)]).mean()
+    return invariance, tcr

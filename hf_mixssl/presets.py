@@ -22,6 +22,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "automix": {"views": "classify"},
     # MAE's optimiser (main_pretrain.py): AdamW (0.9, 0.95), blr 1.5e-4 x B/256, wd 0.05 except biases, norms
     # and tokens, warmup + cosine.
+    # EMP-SSL (main.py): LARS(eta 0.005, clipped, no adaptation of biases/norms) around Nesterov SGD lr 0.3
+    # wd 1e-4, per-step cosine without warmup.
+    "emp_ssl": {"views": "emp_ssl", "optimizer": "lars", "nesterov": True, "lars_trust_coeff": 0.005,
+                "lars_trust_clip": True, "exclude_bias_norm_wd": True, "learning_rate": 0.3, "weight_decay": 1e-4,
+                "sgd_momentum": 0.9, "lr_schedule": "cosine", "warmup_steps": 0},
     "mae": {"views": "mae", "optimizer": "adamw", "adam_betas": [0.9, 0.95], "learning_rate": 1.5e-4,
             "scale_lr": True, "weight_decay": 0.05, "exclude_bias_norm_wd": True, "lr_schedule": "cosine"},
 }
@@ -48,6 +53,12 @@ _MIXUP_CIFAR = {
     "image_mean": list(CIFAR10_MEAN), "image_std": list(CIFAR10_STD), "views": "classify",
     "per_device_batch_size": 100, "optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 1e-4,
     "sgd_momentum": 0.9, "num_epochs": 800, "lr_schedule": "cosine", "exclude_bias_norm_wd": False,
+}
+
+_EMP_SSL_CIFAR = {
+    "method": "emp_ssl", "backbone": "resnet18", "cifar_stem": True, "image_size": 32, "per_device_batch_size": 100,
+    "num_epochs": 30, "num_patches": 20, "crop_scale": 0.25, "tcr_eps": 0.2, "invariance_weight": 200.0,
+    "tcr_weight": 1.0, "hidden_dim": 4096, "z_dim": 1024, "eval_patches": 128, "eval_features": "pre_feature",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -114,6 +125,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_epochs": 400, "warmup_epochs": 20, "mask_ratio": 0.75, "decoder_embed_dim": 512, "decoder_depth": 8,
         "decoder_num_heads": 16, "norm_pix_loss": True,
     },
+    # EMP-SSL CIFAR-10 (Tong et al. 2023): ResNet-18 CIFAR stem, 4096-4096-1024 projector, 20 patches of 0.25 the
+    # area, B 100 images, TCR eps 0.2, invariance x200; linear top-1 80.6 after 1 epoch, 90.7 at 10, 93.1 at 30.
+    "emp_ssl_cifar": _EMP_SSL_CIFAR,
+    "emp_ssl_cifar_100": {**_EMP_SSL_CIFAR, "num_patches": 100},  # 200 patches: 82.6 / 91.5 / 93.4
+    "emp_ssl_cifar_200": {**_EMP_SSL_CIFAR, "num_patches": 200},
 }
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from .arguments import MODEL_FIELDS, PretrainArguments
 from .configuration_automix import AutoMixConfig
+from .configuration_emp_ssl import EMPSSLConfig
 from .configuration_mae import MAEConfig
 from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
@@ -35,6 +36,7 @@ from .data import ImageStream, count_classes, count_rows
 from .hub import export_model_encoder, read_encoder_export
 from .evaluation import EvalData, accuracy_evaluate, knn_evaluate
 from .modeling_automix import AutoMixModel
+from .modeling_emp_ssl import EMPSSLModel
 from .modeling_mae import MAEModel
 from .modeling_mixup import MixupForImageClassification
 from .modeling_moco import MoCoModel
@@ -50,6 +52,7 @@ MODEL_CLASSES: dict[str, tuple[type, type]] = {
     "mixup": (MixupClassifierConfig, MixupForImageClassification),
     "automix": (AutoMixConfig, AutoMixModel),
     "mae": (MAEConfig, MAEModel),
+    "emp_ssl": (EMPSSLConfig, EMPSSLModel),
 }
 SUPERVISED = ("mixup", "automix")
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
@@ -251,8 +254,13 @@ class Pretrainer:
             kwargs["momentum"] = args.sgd_momentum
         if args.optimizer == "adamw" and args.adam_betas:
             kwargs["betas"] = tuple(args.adam_betas)
-        # timm's "sgd" is Nesterov SGD and its "momentum" plain momentum SGD (the official MoCo optimizer).
-        opt = {"sgd": "sgd" if args.nesterov else "momentum"}.get(args.optimizer, args.optimizer)
+        if args.optimizer == "lars" and args.lars_trust_coeff is not None:
+            kwargs["trust_coeff"] = args.lars_trust_coeff
+        # timm's "sgd" is Nesterov SGD and its "momentum" plain momentum SGD (the official MoCo optimizer);
+        # its LARS family is lars / larc (trust ratio clipped at 1) with an "n" prefix for Nesterov. timm's LARS
+        # adapts only parameters with weight decay, so --exclude_bias_norm_wd also excludes them from adaptation.
+        lars = ("n" if args.nesterov else "") + ("larc" if args.lars_trust_clip else "lars")
+        opt = {"sgd": "sgd" if args.nesterov else "momentum", "lars": lars}.get(args.optimizer, args.optimizer)
         # Frozen (momentum) parameters are skipped by timm's parameter grouping (requires_grad=False).
         # A model may ask for its own groups (AutoMix's MixBlock learning rate, as `lr_scale`).
         groups = getattr(self.model, "optimizer_param_groups", None)

@@ -18,7 +18,7 @@ from .config_fields import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-export
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
-VIEW_RECIPES = ("moco_v1", "moco_v2", "moco_cifar", "moco_v3", "classify", "mae")
+VIEW_RECIPES = ("moco_v1", "moco_v2", "moco_cifar", "moco_v3", "classify", "mae", "emp_ssl")
 
 
 class MultiView:
@@ -87,6 +87,8 @@ def view_transform(
         crop = v2.RandomResizedCrop(size, scale=(min_scale or 0.2, 1.0), antialias=True,
                                     interpolation=v2.InterpolationMode.BICUBIC)
         return MultiView([v2.Compose([crop, flip, *tail])])
+    if recipe == "emp_ssl":  # the image itself: the model builds its augmented patches batched on the device
+        return MultiView([v2.Compose([v2.Resize((size, size), antialias=True), *tail])])
     raise ValueError(f"unknown view recipe {recipe!r}; choose one of {VIEW_RECIPES}")
 
 

@@ -109,3 +109,18 @@ def check_loads_without_hf_mixssl(model_dir: Path, auto_class: str, x, expected,
     proc = subprocess.run([sys.executable, "-c", code], cwd=model_dir, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().split()[-1]
+
+
+def two_process_launch() -> list[str]:
+    """``accelerate launch`` with two CPU ranks (run it with ``ACCELERATE_USE_CPU=true``): the CLI users type.
+
+    (``accelerate.debug_launcher`` deadlocks inside pytest once the parent has used torch's thread pool.)
+    """
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]

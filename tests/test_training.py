@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_pretrain, tiny_run
+from conftest import REPO, run_pretrain, tiny_run, two_process_launch
 from hf_mixssl.arguments import parse_args
 from hf_mixssl.training import NonFiniteLossError, learning_rate_at, list_checkpoints
 
@@ -141,6 +141,24 @@ class TestMAERun:
             build_model(*resolve({**ft, "method": "mae", "views": "mae", "num_labels": None}))
         with pytest.raises(ValueError, match="neither an exported timm encoder"):
             build_model(*resolve({**ft, "init_backbone": str(tmp_path)}))
+
+
+class TestEMPSSLRun:
+    def test_emp_ssl_run_with_lars_and_bag_of_features(self, tmp_path, cifar10):
+        from hf_mixssl.presets import METHOD_DEFAULTS
+
+        out = tmp_path / "emp"
+        result = run_pretrain(tiny_run(
+            out, cifar10, **{**METHOD_DEFAULTS["emp_ssl"], "method": "emp_ssl"}, version=None, queue_size=None,
+            bn_splits=None, num_patches=4, eval_patches=2, hidden_dim=64, z_dim=32, max_steps=3, knn_every=0,
+            knn_train_samples=64, knn_test_samples=32, checkpointing_steps=3, image_every=0, image_size=32))
+        assert 0.0 <= result["knn_top1"] <= 1.0
+        logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        assert all(k in logged[0] for k in ("loss", "loss_invariance", "loss_tcr"))
+        opt = torch.load(out / "checkpoints" / "step_00000003" / "optimizer.bin", weights_only=False)
+        group = opt["param_groups"][-1]
+        assert group["trust_coeff"] == 0.005 and group["trust_clip"] and group["nesterov"]
+        assert list((out / "images").glob("*emp_ssl_patches.png"))
 
 
 class TestResume:
@@ -280,14 +298,6 @@ class TestMomentumAndAccumulation:
         assert int(final["queue.ptr"]) == 3 * 16  # every micro-step enqueued its keys
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class TestDistributed:
     @pytest.mark.parametrize("extra,queue_ptr", [
         ([], (3 * 2 * 16) % 64),  # 3 steps x 2 ranks x 16 keys: keys from both ranks were gathered
@@ -296,9 +306,7 @@ class TestDistributed:
     def test_two_process_gloo_run(self, tmp_path, cifar10, extra, queue_ptr):
         """A real 2-rank gloo group through the CLI users type (`accelerate launch --multi_gpu`)."""
         out = tmp_path / "ddp"
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "--main_process_port", str(_free_port())]
+        launch = two_process_launch()
         # The kNN monitor runs through the script too (the `evaluate` package must not be shadowed).
         cmd = launch + _cli(out, cifar10, "--max_steps", "3", "--checkpointing_steps", "2", "--knn_every", "0",
                             "--knn_train_samples", "64", "--knn_test_samples", "32", *extra)[1:]
@@ -320,9 +328,7 @@ class TestDistributed:
     def test_two_process_automix(self, tmp_path, cifar10):
         """AutoMix under DDP (its parts learn from different losses: find_unused_parameters)."""
         out = tmp_path / "ddp_automix"
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "--main_process_port", str(_free_port())]
+        launch = two_process_launch()
         cmd = launch + _script("--preset", "automix_cifar", "--dataset", cifar10, "--backbone", "test_resnet",
                                "--per_device_batch_size", "16", "--max_steps", "2", "--output_dir", str(out),
                                "--knn_test_samples", "32", "--num_workers", "0", "--report_to", "none",

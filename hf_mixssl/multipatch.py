@@ -31,37 +31,29 @@ def _rand(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torc
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """``[N, 3, H, W] -> [N, 1, H, W]`` luma."""
-    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
+    """``[N, 3, H, W] -> [N, 1, H, W]`` luma (a weighted sum of the channel planes)."""
+    return (_GRAY[0] * x[:, 0] + _GRAY[1] * x[:, 1] + _GRAY[2] * x[:, 2]).unsqueeze(1)
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """``[N, 3, H, W]`` RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn)."""
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    delta = maxc - minc
-    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, maxc], dim=1)
+def hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of ``[N, 3, H, W]`` RGB in [0, 1] by ``shift: [N]`` turns (torchvision's ``adjust_hue``).
 
-
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_hsv`."""
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = [torch.stack(c, dim=1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))]
-    out = torch.zeros_like(x)
-    for k, c in enumerate(choices):
-        out = torch.where((i == k).unsqueeze(1), c, out)
-    return out
+    Value (max) and saturation (so also min) are unchanged by a hue rotation, so the HSV round trip reduces to:
+    ``h6 = 6 * hue`` from the max channel, then channel ``c = max - (max - min) * clamp(min(k, 4 - k), 0, 1)``
+    with ``k = (n_c + h6') mod 6`` and ``n = (5, 3, 1)`` for (R, G, B) (the closed-form HSV -> RGB).
+    Works on contiguous channel planes: reductions across the channel dim of NCHW are slow on CPU.
+    """
+    r, g, b = (c.contiguous() for c in x.unbind(1))
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    delta = maxc - torch.minimum(torch.minimum(r, g), b)
+    inv = 1.0 / torch.where(delta > 0, delta, torch.ones_like(delta))
+    h6 = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    h6 = h6 + 6.0 * shift.view(-1, 1, 1)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h6 + n, 6.0)
+        out.append(maxc - delta * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
+    return torch.stack(out, dim=1)
 
 
 def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
@@ -74,9 +66,7 @@ def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
         return (f4 * x + (1 - f4) * mean).clamp(0, 1)
     if op == 2:  # saturation: blend with the luma
         return (f4 * x + (1 - f4) * grayscale(x)).clamp(0, 1)
-    hsv = rgb_to_hsv(x)  # hue: rotate by f turns
-    h = (hsv[:, 0] + f.view(-1, 1, 1)) % 1.0
-    return hsv_to_rgb(torch.stack([h, hsv[:, 1], hsv[:, 2]], dim=1))
+    return hue_shift(x, f)
 
 
 def color_jitter(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Throughput benchmark: `python scripts/benchmark.py [--suite moco|mixing|automix|mae|all] [--backbone resnet18 ...]`.
+"""Throughput benchmark: `python scripts/benchmark.py [--suite moco|mixing|automix|mae|emp_ssl|all] [--backbone resnet18 ...]`.
 
 Rows (images/s, on whatever device is present):
 - the practical limit: a bare timm supervised train step (one forward + backward + SGD step);
@@ -13,6 +13,9 @@ Mixup / CutMix (`timm.data.Mixup`) on the same batch. Suite `automix`: an AutoMi
 Mixup classifier step on the same backbone (OpenMixup's AutoMix costs 2.2x Mixup on DeiT-S).
 Suite `mae`: our MAE train step against transformers' `ViTMAEForPreTraining` of the same size (the peer) and a
 bare timm ViT train step on all patches (`--mae_backbone`, `--mae_patch`, `--mae_decoder` width depth heads).
+Suite `emp_ssl`: patches/s of our batched multi-patch generator against the official per-patch torchvision/PIL
+pipeline (`dataset/aug.py`) on the same CIFAR images, and an EMP-SSL train step (`--emp_patches` patches of
+`--emp_images` images, `--backbone`, CIFAR stem) against the bare timm supervised step on as many images.
 Peak memory is the largest resident set (CPU) or allocated memory (CUDA) seen during each row.
 """
 
@@ -277,6 +280,86 @@ def mae_rows(args, device) -> list[dict]:
     return rows
 
 
+def official_patch_pipeline(num_patches: int):
+    """EMP-SSL's ``ContrastiveLearningViewGenerator``: one torchvision/PIL pipeline call per patch."""
+    import random
+
+    from PIL import ImageFilter, ImageOps
+    from torchvision import transforms as T
+
+    class GBlur:
+        def __init__(self, p):
+            self.p = p
+
+        def __call__(self, img):
+            if random.random() < self.p:
+                return img.filter(ImageFilter.GaussianBlur(random.random() * 1.9 + 0.1))
+            return img
+
+    aug = T.Compose([
+        T.RandomResizedCrop(32, scale=(0.25, 0.25), ratio=(1, 1)), T.RandomHorizontalFlip(p=0.5),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.2)], p=0.8), T.RandomGrayscale(p=0.2), GBlur(p=0.1),
+        T.RandomApply([T.Lambda(ImageOps.solarize)], p=0.1), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3),
+    ])
+    return lambda img: [aug(img) for _ in range(num_patches)]
+
+
+def emp_ssl_rows(args, device) -> list[dict]:
+    """Patch generation (ours batched vs the official per-patch PIL pipeline) and the EMP-SSL train step."""
+    from datasets import load_dataset
+
+    from hf_mixssl import EMPSSLConfig, EMPSSLModel
+    from hf_mixssl.multipatch import MultiPatchViews
+
+    images = [row["img"].convert("RGB") for row in load_dataset(args.dataset, split="test", streaming=True)
+              .take(args.emp_images)]
+    tensor = torch.stack([torch.from_numpy(__import__("numpy").asarray(im)).permute(2, 0, 1) for im in images])
+    tensor = (tensor.float() / 255).to(device)
+    n = args.emp_patches
+    ours = MultiPatchViews(num_patches=n)
+    official = official_patch_pipeline(n)
+    rows = []
+    for name, fn in (("official per-patch PIL pipeline", lambda: [official(im) for im in images]),
+                     ("hf_mixssl batched patches", lambda: ours(tensor))):
+        seconds = time_steps(fn, steps=max(1, args.steps // 2), warmup=1, device=device)
+        rows.append({"row": name, "patches_per_sec": n * len(images) / seconds})
+    rows[1]["speedup"] = rows[1]["patches_per_sec"] / rows[0]["patches_per_sec"]
+
+    model = EMPSSLModel(EMPSSLConfig(backbone=args.backbone, num_patches=n)).to(device).train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+
+    def emp_step() -> None:
+        with autocast(device, args.bf16):
+            loss = model(pixel_values=tensor).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    import timm
+
+    from hf_mixssl.backbones import apply_cifar_stem
+
+    bare = apply_cifar_stem(timm.create_model(args.backbone, num_classes=10)).to(device).train()
+    bare_opt = torch.optim.SGD(bare.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(n * len(images), 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (n * len(images),), device=device)
+
+    def bare_step() -> None:
+        with autocast(device, args.bf16):
+            loss = F.cross_entropy(bare(x), y)
+        loss.backward()
+        bare_opt.step()
+        bare_opt.zero_grad(set_to_none=True)
+
+    for name, fn in (("timm supervised step on as many 32 px images (limit)", bare_step),
+                     ("hf_mixssl EMP-SSL step (patches generated inside)", emp_step)):
+        with PeakMemory(device) as mem:
+            seconds = time_steps(fn, steps=args.steps, warmup=args.warmup, device=device)
+        rows.append({"row": name, "patches_per_sec": n * len(images) / seconds, "peak_mib": mem.peak_mib})
+    rows[3]["efficiency"] = rows[3]["patches_per_sec"] / rows[2]["patches_per_sec"]
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="resnet18")
@@ -288,7 +371,9 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="../shared/datasets/cifar10")
     p.add_argument("--data_batches", type=int, default=20)
     p.add_argument("--skip", nargs="*", default=[], choices=["lightly", "data", "v3"])
-    p.add_argument("--suite", default="moco", choices=["moco", "mixing", "automix", "mae", "all"])
+    p.add_argument("--suite", default="moco", choices=["moco", "mixing", "automix", "mae", "emp_ssl", "all"])
+    p.add_argument("--emp_images", type=int, default=100)
+    p.add_argument("--emp_patches", type=int, default=20)
     p.add_argument("--mae_backbone", default="vit_tiny_patch16_224")
     p.add_argument("--mae_patch", type=int, default=4)
     p.add_argument("--mae_decoder", type=int, nargs=3, default=[512, 8, 16], metavar=("WIDTH", "DEPTH", "HEADS"))
@@ -324,6 +409,16 @@ def main(argv=None) -> int:
         for r in rows:
             print(f"| {r['row']} | {r['images_per_sec']:.0f} | {r['peak_mib']:.0f} |")
         report["mae"] = rows
+    if args.suite in ("emp_ssl", "all"):
+        rows = emp_ssl_rows(args, device)
+        print(f"\nEMP-SSL, {args.emp_images} images x {args.emp_patches} patches, {args.backbone} CIFAR stem, "
+              f"{device.type} {precision}\n")
+        print("| row | patches/s | speedup / efficiency | peak memory (MiB) |\n|---|---|---|---|")
+        for r in rows:
+            ratio = r.get("speedup", r.get("efficiency"))
+            mib = f"{r['peak_mib']:.0f}" if "peak_mib" in r else ""
+            print(f"| {r['row']} | {r['patches_per_sec']:.0f} | {'' if ratio is None else f'{ratio:.2f}'} | {mib} |")
+        report["emp_ssl"] = rows
     if args.suite in ("moco", "all"):
         report["moco"] = moco_suite(args, device)
     if args.output:

@@ -33,6 +33,7 @@ from .configuration_mae import MAEConfig
 from .configuration_mixup import MixupClassifierConfig
 from .configuration_moco import MoCoConfig
 from .data import ImageStream, count_classes, count_rows
+from .cards import render_model_card
 from .hub import export_model_encoder, read_encoder_export
 from .evaluation import EvalData, accuracy_evaluate, knn_evaluate
 from .modeling_automix import AutoMixModel
@@ -394,7 +395,8 @@ class Pretrainer:
             else:
                 logger.info("no checkpoint in %s: starting from scratch", self.output_dir / "checkpoints")
         if acc.is_main_process:
-            resolved = {**dataclasses.asdict(args), **self.extra, "model_config": self.config.to_dict()}
+            resolved = {**dataclasses.asdict(args), **self.extra, "model_config": self.config.to_dict(),
+                        "command": self._command()}
             (self.output_dir / "training_args.json").write_text(json.dumps(resolved, indent=2, default=str))
         if self.trackers:
             flat = {k: v for k, v in dataclasses.asdict(args).items() if isinstance(v, (int, float, str, bool))}
@@ -470,6 +472,21 @@ class Pretrainer:
         acc.end_training()
         return {"interrupted": False, "global_step": self.global_step, **eval_results}
 
+    def _command(self) -> str | None:
+        """The command line that started this run (when it came through scripts/pretrain.py), for the model card."""
+        import shlex
+        import sys
+
+        if not sys.argv or not sys.argv[0].endswith("pretrain.py"):
+            return None
+        acc = self.accelerator
+        launch = ["accelerate", "launch"]
+        if acc.num_processes > 1:
+            launch += ["--multi_gpu", "--num_processes", str(acc.num_processes)]
+        if acc.mixed_precision != "no":
+            launch += ["--mixed_precision", str(acc.mixed_precision)]
+        return shlex.join(launch + ["scripts/pretrain.py", *sys.argv[1:]])
+
     def _step_metrics(self, output: Any, *, lr: float, momentum: float | None, images_per_sec: float) -> dict:
         """Log every scalar output term, lr, momentum, throughput, epoch and bad-image counts."""
         metrics = {k: float(v.detach().float()) for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
@@ -506,6 +523,10 @@ class Pretrainer:
             results = {"global_step": self.global_step, "method": self.args.method,
                        "dataset": self.args.dataset, **eval_results}
             (self.output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
+            try:  # the card describes the run; failing to render it must not lose the run
+                render_model_card(self.output_dir, model=model).save(self.output_dir / "README.md")
+            except Exception as e:  # noqa: BLE001
+                logger.warning("model card not written: %s", e)
             logger.info("saved model and eval_results.json to %s", self.output_dir)
         acc.wait_for_everyone()
 

@@ -1,0 +1,229 @@
+"""Model cards: one template per method in ``model_cards/``, rendered with ``huggingface_hub.ModelCard`` from a run
+directory's real files (``config.json``, ``training_args.json``, ``eval_results.json``).
+
+Nothing is a placeholder: every number comes from the run (results, parameter count, GMACs measured with
+``torch.utils.flop_counter`` on one image); a run without evaluation results says so instead of inventing them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
+TEMPLATE_OF = {"hf_mixssl_moco": "moco", "hf_mixssl_mixup": "mixup", "hf_mixssl_automix": "automix",
+               "hf_mixssl_mae": "mae", "hf_mixssl_emp_ssl": "emp_ssl"}
+
+PAPERS: dict[str, dict[str, str]] = {
+    "moco_v1": {
+        "name": "MoCo v1", "title": "Momentum Contrast for Unsupervised Visual Representation Learning",
+        "url": "https://arxiv.org/abs/1911.05722", "repo": "https://github.com/facebookresearch/moco",
+        "bibtex": "@inproceedings{he2020momentum,\n  title={Momentum Contrast for Unsupervised Visual Representation "
+                  "Learning},\n  author={He, Kaiming and Fan, Haoqi and Wu, Yuxin and Xie, Saining and Girshick, "
+                  "Ross},\n  booktitle={CVPR},\n  year={2020}\n}"},
+    "moco_v2": {
+        "name": "MoCo v2", "title": "Improved Baselines with Momentum Contrastive Learning",
+        "url": "https://arxiv.org/abs/2003.04297", "repo": "https://github.com/facebookresearch/moco",
+        "bibtex": "@article{chen2020improved,\n  title={Improved Baselines with Momentum Contrastive Learning},\n  "
+                  "author={Chen, Xinlei and Fan, Haoqi and Girshick, Ross and He, Kaiming},\n  "
+                  "journal={arXiv preprint arXiv:2003.04297},\n  year={2020}\n}"},
+    "moco_v3": {
+        "name": "MoCo v3", "title": "An Empirical Study of Training Self-Supervised Vision Transformers",
+        "url": "https://arxiv.org/abs/2104.02057", "repo": "https://github.com/facebookresearch/moco-v3",
+        "bibtex": "@inproceedings{chen2021empirical,\n  title={An Empirical Study of Training Self-Supervised Vision "
+                  "Transformers},\n  author={Chen, Xinlei and Xie, Saining and He, Kaiming},\n  booktitle={ICCV},\n"
+                  "  year={2021}\n}"},
+    "unmix": {
+        "bibtex": "@inproceedings{shen2022unmix,\n  title={Un-Mix: Rethinking Image Mixtures for Unsupervised Visual "
+                  "Representation Learning},\n  author={Shen, Zhiqiang and Liu, Zechun and Liu, Zhuang and Savvides, "
+                  "Marios and Darrell, Trevor and Xing, Eric},\n  booktitle={AAAI},\n  year={2022}\n}"},
+    "mixup": {
+        "name": "Mixup family", "title": "mixup: Beyond Empirical Risk Minimization",
+        "url": "https://arxiv.org/abs/1710.09412", "repo": "https://github.com/Westlake-AI/openmixup",
+        "bibtex": "@inproceedings{zhang2018mixup,\n  title={mixup: Beyond Empirical Risk Minimization},\n  author={Zhang, "
+                  "Hongyi and Cisse, Moustapha and Dauphin, Yann N. and Lopez-Paz, David},\n  booktitle={ICLR},\n  "
+                  "year={2018}\n}"},
+    "automix": {
+        "name": "AutoMix", "title": "AutoMix: Unveiling the Power of Mixup for Stronger Classifiers",
+        "url": "https://arxiv.org/abs/2103.13027", "repo": "https://github.com/Westlake-AI/openmixup",
+        "bibtex": "@inproceedings{liu2022automix,\n  title={AutoMix: Unveiling the Power of Mixup for Stronger "
+                  "Classifiers},\n  author={Liu, Zicheng and Li, Siyuan and Wu, Di and Liu, Zihan and Chen, Zhiyuan "
+                  "and Wu, Lirong and Li, Stan Z.},\n  booktitle={ECCV},\n  year={2022}\n}"},
+    "mae": {
+        "name": "MAE", "title": "Masked Autoencoders Are Scalable Vision Learners",
+        "url": "https://arxiv.org/abs/2111.06377", "repo": "https://github.com/facebookresearch/mae",
+        "bibtex": "@inproceedings{he2022masked,\n  title={Masked Autoencoders Are Scalable Vision Learners},\n  "
+                  "author={He, Kaiming and Chen, Xinlei and Xie, Saining and Li, Yanghao and Doll{\\'a}r, Piotr and "
+                  "Girshick, Ross},\n  booktitle={CVPR},\n  year={2022}\n}"},
+    "emp_ssl": {
+        "name": "EMP-SSL", "title": "EMP-SSL: Towards Self-Supervised Learning in One Training Epoch",
+        "url": "https://arxiv.org/abs/2304.03977", "repo": "https://github.com/tsb0601/EMP-SSL",
+        "bibtex": "@article{tong2023empssl,\n  title={EMP-SSL: Towards Self-Supervised Learning in One Training "
+                  "Epoch},\n  author={Tong, Shengbang and Chen, Yubei and Ma, Yi and LeCun, Yann},\n  "
+                  "journal={arXiv preprint arXiv:2304.03977},\n  year={2023}\n}"},
+}
+
+# eval_results.json key -> (human metric name, task): keys may carry a feature prefix (backbone_, cls_, ...)
+_METRICS = {
+    "knn_top1": "kNN top-1 (k={knn_k}, T={knn_t})",
+    "linear_top1": "linear-probe top-1",
+    "linear_top5": "linear-probe top-5",
+    "top1": "top-1",
+    "top1_online": "top-1 of the online encoder",
+}
+_RECIPE_KEYS = ("method", "preset", "dataset", "per_device_batch_size", "gradient_accumulation_steps", "num_epochs",
+                "max_steps", "optimizer", "learning_rate", "scale_lr", "weight_decay", "lr_schedule", "warmup_epochs",
+                "warmup_steps", "views", "seed")
+
+
+def method_key(config: dict[str, Any], args: dict[str, Any]) -> str:
+    """The PAPERS key of a run: the MoCo version, else the template name."""
+    template = TEMPLATE_OF.get(config.get("model_type", ""))
+    if template is None:
+        raise ValueError(f"config.json model_type {config.get('model_type')!r} is not an hf_mixssl model")
+    return f"moco_v{config.get('version', 2)}" if template == "moco" else template
+
+
+def _dataset_name(dataset: str) -> str:
+    path = Path(dataset)
+    return path.name if path.exists() else dataset
+
+
+def results_of(evals: dict[str, Any]) -> list[tuple[str, str, float]]:
+    """``[(key, metric name, value in %)]`` of every score in ``eval_results.json``."""
+    rows = []
+    for key, value in evals.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        for base, name in _METRICS.items():
+            if key == base or key.endswith("_" + base):
+                prefix = key[: -len(base)].rstrip("_")
+                label = name if not prefix else f"{name}, {prefix.replace('_', ' ')} features"
+                if base == "top1" and key != "top1":
+                    break  # e.g. linear_top1 is matched by its own entry
+                rows.append((key, label, round(100.0 * float(value), 2)))
+                break
+    return rows
+
+
+@torch.no_grad()
+def count_gmacs(encoder: torch.nn.Module, image_size: int) -> float:
+    """Multiply-accumulates (x1e9) of one forward of ``encoder`` on a ``1 x 3 x S x S`` image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            encoder(torch.zeros(1, 3, image_size, image_size, device=next(encoder.parameters()).device))
+    finally:
+        encoder.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def render_model_card(run_dir: str | Path, *, repo_id: str | None = None, model=None):
+    """``ModelCard`` of a run directory (pass the loaded ``model`` to skip loading it again)."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    run = Path(run_dir)
+    config = json.loads((run / "config.json").read_text())
+    args_path, evals_path = run / "training_args.json", run / "eval_results.json"
+    args = json.loads(args_path.read_text()) if args_path.is_file() else {}
+    evals = json.loads(evals_path.read_text()) if evals_path.is_file() else {}
+    key = method_key(config, args)
+    template = TEMPLATES / f"{TEMPLATE_OF[config['model_type']]}.md"
+    if not template.is_file():
+        raise ValueError(f"model card template {template} is missing (model_cards/ ships with the repository)")
+    paper = PAPERS[key]
+    if model is None:
+        import hf_mixssl  # noqa: F401  (registers the Auto classes)
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(run)
+    encoder = model.get_encoder()
+    params = sum(p.numel() for p in model.parameters())
+    enc_params = sum(p.numel() for p in encoder.parameters())
+    gmacs = count_gmacs(encoder, config["image_size"])
+
+    dataset = args.get("dataset") or evals.get("dataset") or "unknown"
+    dataset_name = _dataset_name(dataset)
+    name = repo_id.split("/")[-1] if repo_id else run.name
+    metrics = results_of(evals)
+    fmt = {"knn_k": args.get("knn_k", 200), "knn_t": args.get("knn_t", 0.1)}
+    eval_split = args.get("eval_split") or "test"
+    task = "image-classification"
+    eval_results = [EvalResult(task_type=task, dataset_type=dataset_name, dataset_name=dataset_name,
+                               dataset_split=eval_split, metric_type="accuracy", metric_value=value,
+                               metric_name=label.format(**fmt) + " (%)")
+                    for _, label, value in metrics]
+    unmix = bool(config.get("unmix"))
+    tags = ["hf_mixssl", key.replace("_", "-"), "timm", "image-feature-extraction"]
+    if unmix:
+        tags.append("un-mix")
+    if key in ("mixup", "automix"):
+        tags.append("image-classification")
+    card_data = ModelCardData(
+        library_name="transformers", license="apache-2.0", tags=tags, datasets=[dataset_name],
+        metrics=["accuracy"], pipeline_tag=task if key in ("mixup", "automix") else "image-feature-extraction",
+        model_name=name, eval_results=eval_results or None,
+    )
+    if metrics:
+        lines = ["| metric | value (%) |", "|---|---|"]
+        lines += [f"| {label.format(**fmt)} | {value:.2f} |" for _, label, value in metrics]
+        step = evals.get("global_step")
+        results_table = "\n".join(lines) + (f"\n\nAfter {step} optimizer steps; evaluated on the `{eval_split}` "
+                                            f"split of {dataset_name}." if step else "")
+    else:
+        results_table = "This run has no evaluation results yet (`eval_results.json` holds no score)."
+    model_details = "\n".join([
+        f"- Backbone: timm `{config['backbone']}`" + (f" with `{config['backbone_kwargs']}`" if config.get(
+            "backbone_kwargs") else "") + (", CIFAR stem (3x3 conv, no max-pool)" if config.get("cifar_stem") else ""),
+        f"- Parameters: {params / 1e6:.2f} M in total, {enc_params / 1e6:.2f} M in the encoder",
+        f"- Encoder compute: {gmacs:.3f} GMACs per {config['image_size']}x{config['image_size']} image",
+        f"- Input: {config['image_size']} px, normalised with mean {config['image_mean']} and std {config['image_std']}",
+        f"- Library: hf_mixssl, model type `{config['model_type']}` ({config.get('architectures', ['?'])[0]})",
+    ])
+    recipe_rows = [f"| `{k}` | `{args[k]}` |" for k in _RECIPE_KEYS if args.get(k) is not None]
+    recipe = "\n".join(["| argument | value |", "|---|---|", *recipe_rows]) if recipe_rows else \
+        "The run directory holds no `training_args.json`."
+    command = args.get("command")
+    if command:
+        recipe += f"\n\nCommand:\n\n```bash\n{command}\n```"
+    recipe += "\n\nEvery resolved argument and the model configuration are in `training_args.json`."
+    repo = repo_id or str(run)
+    has_encoder = (run / "encoder" / "config.json").is_file()
+    usage = (
+        "```python\nimport hf_mixssl  # registers the Auto classes\nfrom transformers import AutoModel\n\n"
+        f"model = AutoModel.from_pretrained(\"{repo}\")\n"
+        "features = model.extract_features(pixel_values)  # [B, D]\nencoder = model.get_encoder()  # a plain timm model\n"
+        "```\n\nWithout hf_mixssl installed (the modeling code ships with the weights):\n\n```python\n"
+        f"model = AutoModel.from_pretrained(\"{repo}\", trust_remote_code=True)\n```"
+    )
+    if has_encoder:
+        enc = f"{repo}-encoder" if repo_id else f"{run}/encoder"
+        scheme = "hf-hub" if repo_id else "local-dir"
+        usage += (f"\n\nThe encoder alone, in timm's format (`encoder/`, pushed as `{enc}`):\n\n```python\nimport timm\n"
+                  f"encoder = timm.create_model(\"{scheme}:{enc}\", pretrained=True)\n```")
+    budget_bits = [f"{evals['global_step']} steps" if evals.get("global_step") else None,
+                   f"{args['num_epochs']} epochs planned" if args.get("num_epochs") else None]
+    budget = ", ".join(b for b in budget_bits if b) or "see training_args.json"
+    limitations = "" if has_encoder or not config.get("cifar_stem") else (
+        "- The CIFAR-stem backbone cannot be rebuilt from timm's config, so no timm-format encoder is exported; "
+        "use `get_encoder()` on the loaded model.")
+    values = dict(
+        model_name=name, method_name=paper["name"], backbone=config["backbone"], dataset_name=dataset_name,
+        results_table=results_table, model_details=model_details, recipe=recipe, usage=usage, budget=budget,
+        limitations=limitations, paper_title=paper["title"], paper_url=paper["url"], official_repo=paper["repo"],
+        bibtex=paper["bibtex"] + ("\n\n" + PAPERS["unmix"]["bibtex"] if unmix else ""), unmix=unmix,
+        version=config.get("version", 2), queue_size=config.get("queue_size"),
+        mix_modes=", ".join(config.get("mix_modes", [])), mask_ratio=config.get("mask_ratio"),
+        visible_percent=round(100 * (1 - config.get("mask_ratio", 0.0))),
+        decoder=f"{config.get('decoder_embed_dim')}-d x {config.get('decoder_depth')} blocks x "
+                f"{config.get('decoder_num_heads')} heads", norm_pix_loss=config.get("norm_pix_loss"),
+        num_patches=config.get("num_patches"), invariance_weight=config.get("invariance_weight"),
+        tcr_eps=config.get("tcr_eps"), eval_patches=config.get("eval_patches"),
+    )
+    return ModelCard.from_template(card_data, template_path=str(template), **values)

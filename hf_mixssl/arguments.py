@@ -124,6 +124,9 @@ class PretrainArguments:
     checkpointing_steps: int = _f(500, "save a resumable checkpoint every N steps (0 = only at the end)")
     save_total_limit: int = _f(2, "checkpoints kept")
     resume_from_checkpoint: str | None = _f(None, "PATH or 'latest'")
+    push_to_hub: bool = _f(False, "upload the finished run (model, code, card; encoder to <id>-encoder) to the Hub")
+    hub_model_id: str | None = _f(None, "org/name of the Hub repo for --push_to_hub")
+    hub_private: bool = _f(False, "create the Hub repo as private")
     report_to: str = _f("tensorboard", "tensorboard | wandb | trackio | all | none (comma list)")
     logging_steps: int = _f(10, "log every N steps")
     knn_every: int = _f(0, "evaluate every N steps: kNN for SSL methods, top-1 for classifiers (0 = only at "
@@ -149,6 +152,8 @@ class PretrainArguments:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id (org/name)")
         if self.max_steps is None and self.num_epochs is None:
             raise ValueError("set max_steps or num_epochs")
 

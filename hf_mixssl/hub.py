@@ -1,30 +1,23 @@
-"""Sharing: what a saved model directory needs so that others can load it, and the encoder export.
+"""Sharing: what a saved model directory needs so that others can load it, the timm encoder export, and the
+upload of a run to the Hub with ``HfApi`` (never the deprecated ``Repository``).
 
-(Model-card rendering and Hub upload are planned here too; see the open sharing issue.)
+A push stages exactly the files loading needs (config, weights, the modeling code for ``trust_remote_code``, a
+freshly rendered model card, the run's results and arguments) in a temporary directory and uploads that, so the
+run directory is never written to: a failed or interrupted upload leaves it byte-identical.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from torch import nn
-
-
-def record_auto_classes(config, model_cls: type, auto_classes: Iterable[str]) -> None:
-    """Pre-register ``model_cls`` under several Auto classes in ``config.auto_map``.
-
-    ``save_pretrained`` writes only the model's own ``_auto_class`` into ``auto_map``; entries already present
-    are kept, so recording the others here lets ``trust_remote_code=True`` resolve every one of them.
-    """
-    module = model_cls.__module__.rsplit(".", 1)[-1]
-    auto_map = dict(getattr(config, "auto_map", None) or {})
-    for name in auto_classes:
-        auto_map.setdefault(name, f"{module}.{model_cls.__name__}")
-    config.auto_map = auto_map
 
 
 def export_encoder(
@@ -87,3 +80,126 @@ def read_encoder_export(path: str | Path) -> tuple[dict, Path]:
     if "architecture" not in config:
         raise ValueError(f"{config_path} has no 'architecture' field: not a timm export")
     return config, weights
+
+
+logger = logging.getLogger("hf_mixssl")
+
+#: Files of a run directory that a Hub repo needs (besides the ``*.py`` modeling code and sharded weights).
+RUN_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "eval_results.json",
+             "training_args.json")
+
+
+class PushError(RuntimeError):
+    """An upload failed; the message says why. The local run directory is untouched."""
+
+
+def run_files(run_dir: str | Path) -> list[Path]:
+    """The files of ``run_dir`` that loading the model needs, checked: config, weights and the modeling code."""
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise ValueError(f"{run} has no config.json: not a saved hf_mixssl run (save_pretrained output)")
+    weights = sorted(run.glob("model*.safetensors"))
+    if not weights:
+        raise ValueError(f"{run} has no model*.safetensors weights")
+    config = json.loads((run / "config.json").read_text())
+    code = sorted(run.glob("*.py"))
+    for ref in (config.get("auto_map") or {}).values():
+        module = ref.split("--")[-1].split(".")[0] + ".py"
+        if not (run / module).is_file():
+            raise ValueError(f"{run}: config.json auto_map names {ref!r} but {module} is missing")
+    named = [run / f for f in RUN_FILES if (run / f).is_file() and not f.startswith("model.safetensors")]
+    index = run / "model.safetensors.index.json"
+    return sorted(set(weights + code + named + ([index] if index.is_file() else [])))
+
+
+def _transient(error: Exception) -> bool:
+    """Worth retrying: connection problems, timeouts, 429 and 5xx answers."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        return status is None or status == 429 or status >= 500
+    return isinstance(error, (ConnectionError, TimeoutError)) or type(error).__name__ in (
+        "ConnectError", "ReadTimeout", "WriteTimeout", "ConnectTimeout", "RemoteProtocolError", "ReadError")
+
+
+def with_retries(fn: Callable[[], object], *, what: str, attempts: int = 3, delay: float = 2.0,
+                 sleep: Callable[[float], None] = time.sleep):
+    """``fn()``, retried with exponential backoff on transient errors; raises :class:`PushError` naming ``what``."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - classified below, re-raised as PushError with the cause
+            if not _transient(e) or attempt == attempts:
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise PushError(f"{what} failed{tries}: {type(e).__name__}: {e}") from e
+            logger.warning("%s failed (%s: %s); retrying in %.0f s", what, type(e).__name__, e, delay)
+            sleep(delay)
+            delay *= 2
+
+
+def _stage(files: Iterable[Path], root: Path) -> None:
+    for f in files:
+        target = root / f.name
+        try:
+            os.link(f, target)  # no copy of large weights when the temp dir is on the same filesystem
+        except OSError:
+            shutil.copy2(f, target)
+
+
+def push_run(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    encoder_repo_id: str | None = None,
+    api=None,
+    attempts: int = 3,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, str]:
+    """Create ``repo_id`` (if needed) and upload the run's model, card and code; optionally the timm encoder.
+
+    Returns ``{"model": url[, "encoder": url]}``. Raises ``ValueError`` for a run dir that cannot be loaded and
+    :class:`PushError` when the Hub refuses or keeps failing (after ``attempts`` tries for transient errors).
+    """
+    from huggingface_hub import HfApi
+
+    from .cards import render_model_card
+
+    run = Path(run_dir)
+    files = run_files(run)
+    encoder_dir = run / "encoder"
+    if encoder_repo_id and not (encoder_dir / "config.json").is_file():
+        raise ValueError(f"{run} has no exported encoder (encoder/config.json) to push to {encoder_repo_id}")
+    api = api or HfApi(token=token)
+    urls = {}
+    with tempfile.TemporaryDirectory(prefix="hf_mixssl_push_") as tmp:
+        staging = Path(tmp) / "model"
+        staging.mkdir()
+        _stage(files, staging)
+        render_model_card(run, repo_id=repo_id).save(staging / "README.md")
+        targets = [(repo_id, staging, "model")]
+        if encoder_repo_id:
+            enc_staging = Path(tmp) / "encoder"
+            enc_staging.mkdir()
+            _stage([encoder_dir / "config.json", encoder_dir / "model.safetensors"], enc_staging)
+            (enc_staging / "README.md").write_text(
+                f"---\nlibrary_name: timm\nlicense: apache-2.0\ntags:\n- hf_mixssl\n- image-feature-extraction\n---\n\n"
+                f"# {encoder_repo_id.split('/')[-1]}\n\nThe encoder of [{repo_id}](https://huggingface.co/{repo_id}) "
+                f"in timm's format:\n\n```python\nimport timm\nencoder = timm.create_model(\"hf-hub:{encoder_repo_id}\", "
+                f"pretrained=True)\n```\n\nSee the main repository's card for the training recipe and results.\n")
+            targets.append((encoder_repo_id, enc_staging, "encoder"))
+        for target_id, folder, kind in targets:
+            with_retries(lambda: api.create_repo(target_id, private=private, exist_ok=True, repo_type="model"),
+                         what=f"creating {target_id}", attempts=attempts, sleep=sleep)
+            if revision:
+                with_retries(lambda: api.create_branch(target_id, branch=revision, exist_ok=True),
+                             what=f"creating branch {revision} of {target_id}", attempts=attempts, sleep=sleep)
+            commit = with_retries(
+                lambda: api.upload_folder(repo_id=target_id, folder_path=str(folder), revision=revision,
+                                          commit_message=f"Upload {run.name} ({kind}) with hf_mixssl"),
+                what=f"uploading {run} to {target_id}", attempts=attempts, sleep=sleep)
+            urls[kind] = str(getattr(commit, "commit_url", None) or f"https://huggingface.co/{target_id}")
+    return urls

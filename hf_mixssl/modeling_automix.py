@@ -25,13 +25,12 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .backbones import create_backbone, pooled_features
-from .hub import record_auto_classes
 from .configuration_automix import AutoMixConfig
 from .losses import mixed_cross_entropy
 from .mixing import sample_lam
 from .momentum import make_momentum_copy, momentum_schedule, update_momentum
 from .visualization import denormalize, image_grid
-from .pretrained import VisionPreTrainedModel
+from .pretrained import VisionPreTrainedModel, record_auto_classes
 
 
 @dataclass

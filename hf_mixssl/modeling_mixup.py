@@ -14,12 +14,11 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .backbones import create_backbone, pooled_features
-from .hub import record_auto_classes
 from .configuration_mixup import MixupClassifierConfig
 from .losses import mixed_cross_entropy
 from .visualization import denormalize, image_grid
 from .mixing import MixResult, cutmix, fmix, gridmix, mixup, resizemix, saliencymix, sample_lam, smoothmix
-from .pretrained import VisionPreTrainedModel
+from .pretrained import VisionPreTrainedModel, record_auto_classes
 
 
 @dataclass

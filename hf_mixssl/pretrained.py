@@ -5,6 +5,8 @@ Only torch and transformers are imported, so the file travels with the weights (
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -18,6 +20,19 @@ def init_non_persistent(module: nn.Module) -> None:
     """
     if hasattr(module, "init_non_persistent_buffers"):
         module.init_non_persistent_buffers()
+
+
+def record_auto_classes(config, model_cls: type, auto_classes: Iterable[str]) -> None:
+    """Pre-register ``model_cls`` under several Auto classes in ``config.auto_map``.
+
+    ``save_pretrained`` writes only the model's own ``_auto_class`` into ``auto_map``; entries already present
+    are kept, so recording the others here lets ``trust_remote_code=True`` resolve every one of them.
+    """
+    module = model_cls.__module__.rsplit(".", 1)[-1]
+    auto_map = dict(getattr(config, "auto_map", None) or {})
+    for name in auto_classes:
+        auto_map.setdefault(name, f"{module}.{model_cls.__name__}")
+    config.auto_map = auto_map
 
 
 class VisionPreTrainedModel(PreTrainedModel):

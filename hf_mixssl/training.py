@@ -240,10 +240,12 @@ class Pretrainer:
         for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
             logger.removeHandler(old)  # an earlier run in this process must not receive this run's log
             old.close()
+        self._log_file = None
         if acc.is_main_process:
             handler = logging.FileHandler(self.output_dir / "train.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
+            self._log_file = handler
         logger.setLevel(logging.INFO if acc.is_main_process else logging.WARNING)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -472,6 +474,13 @@ class Pretrainer:
         acc.end_training()
         return {"interrupted": False, "global_step": self.global_step, **eval_results}
 
+    def close(self) -> None:
+        """Detach the run's log file: later work in this process must not write into a finished run."""
+        if self._log_file is not None:
+            logger.removeHandler(self._log_file)
+            self._log_file.close()
+            self._log_file = None
+
     def _command(self) -> str | None:
         """The command line that started this run (when it came through scripts/pretrain.py), for the model card."""
         import shlex
@@ -533,4 +542,15 @@ class Pretrainer:
 
 def pretrain(args: PretrainArguments, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) one pretraining run; returns the final step and evaluation results."""
-    return Pretrainer(args, extra or {}).train()
+    trainer = Pretrainer(args, extra or {})
+    try:
+        result = trainer.train()
+    finally:
+        trainer.close()
+    if args.push_to_hub and not result["interrupted"] and trainer.accelerator.is_main_process:
+        from .hub import push_run
+
+        out = Path(args.output_dir)
+        encoder_id = f"{args.hub_model_id}-encoder" if (out / "encoder" / "config.json").is_file() else None
+        result["hub"] = push_run(out, args.hub_model_id, private=args.hub_private, encoder_repo_id=encoder_id)
+    return result

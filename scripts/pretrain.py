@@ -15,6 +15,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 from hf_mixssl.arguments import parse_args  # noqa: E402
+from hf_mixssl.hub import PushError  # noqa: E402
 from hf_mixssl.training import NonFiniteLossError, pretrain  # noqa: E402
 
 
@@ -25,6 +26,10 @@ def main(argv=None) -> int:
     except (ValueError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 3
+    except PushError as e:
+        print(f"error: {e}. The run is complete and saved in {args.output_dir}; push it later with "
+              f"scripts/push_to_hub.py.", file=sys.stderr)
+        return 4
     from accelerate import PartialState
 
     if PartialState().is_main_process:

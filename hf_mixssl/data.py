@@ -23,6 +23,8 @@ import logging
 import signal
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,12 +143,35 @@ def process_chunk(
 
 def _worker_init() -> None:
     torch.set_num_threads(1)  # workers parallelise across processes; threads would oversubscribe cores
-    # Forked workers inherit the trainer's handlers: Ctrl-C is the parent's to handle, and SIGTERM (sent by
-    # Pool.terminate) must end a worker, not set the parent's stop flag in a copy of it.
+    # Forked workers inherit the trainer's handlers: Ctrl-C is the parent's to handle, and SIGTERM (sent when
+    # the stream stops) must end a worker, not set the parent's stop flag in a copy of it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for handler in list(logging.getLogger("hf_mixssl").handlers):  # the run's train.log belongs to the parent
         logging.getLogger("hf_mixssl").removeHandler(handler)
+
+
+class DataWorkerError(RuntimeError):
+    """A data worker process died; the batches it held are lost, so the stream cannot continue."""
+
+
+def _result(future):
+    try:
+        return future.result()
+    except BrokenProcessPool as e:
+        raise DataWorkerError(
+            "a data worker process died (killed by a signal or the out-of-memory killer?); the stream cannot "
+            "continue. Resume from the last checkpoint with --resume_from_checkpoint latest"
+        ) from e
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel queued chunks and end the workers now (SIGTERM; they run the default handler)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
 
 
 # ------------------------------------------------------------------------------------ stream
@@ -267,17 +292,19 @@ class ImageStream:
             return
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(process_chunk, (chunk, *args)))
+            pending.append(pool.submit(process_chunk, chunk, *args))
             if len(pending) >= 2 * self.num_workers:  # bounded prefetch keeps memory flat
-                yield pending.popleft().get()
+                yield _result(pending.popleft())
         while pending:
-            yield pending.popleft().get()
+            yield _result(pending.popleft())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         pool = None
         if self.num_workers > 0:
+            # A ProcessPoolExecutor, not a Pool: when a worker dies (OOM killer, a signal, a crash in a decoder)
+            # its pending chunks fail with BrokenProcessPool instead of waiting forever.
             ctx = torch.multiprocessing.get_context("fork")
-            pool = ctx.Pool(self.num_workers, initializer=_worker_init)
+            pool = ProcessPoolExecutor(self.num_workers, mp_context=ctx, initializer=_worker_init)
         try:
             while True:
                 emitted = 0
@@ -294,7 +321,7 @@ class ImageStream:
                 self.state = StreamState(epoch=self.state.epoch + 1, position=0)
         finally:
             if pool is not None:
-                pool.terminate()
+                _stop_pool(pool)
 
     def _one_epoch(self, pool) -> Iterator[dict[str, Any]]:
         epoch, start = self.state.epoch, self.state.position

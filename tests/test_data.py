@@ -109,3 +109,30 @@ class TestDeterminismAndResume:
     def test_sample_seed_spreads(self):
         seeds = {sample_seed(0, e, r, i) for e in range(3) for r in range(2) for i in range(100)}
         assert len(seeds) == 600
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(cifar10):
+    """A worker killed mid-stream (OOM killer, a stray SIGKILL) must surface as an error naming the cause."""
+    import os
+    import signal
+
+    from hf_mixssl.data import DataWorkerError, ImageStream
+    from hf_mixssl.transforms import view_transform
+
+    stream = ImageStream(cifar10, "train", view_transform("classify", size=32), 32, shuffle=False, infinite=True,
+                         num_workers=1)
+    batches = iter(stream)
+    next(batches)
+    pool_pids = [p.pid for p in _worker_processes()]
+    assert pool_pids
+    os.kill(pool_pids[0], signal.SIGKILL)
+    with pytest.raises(DataWorkerError, match="data worker process died"):
+        for _ in range(50):
+            next(batches)
+    batches.close()
+
+
+def _worker_processes():
+    import multiprocessing
+
+    return multiprocessing.active_children()

@@ -19,8 +19,9 @@ class EMPSSLConfig(PretrainedConfig):
         backbone (`str`, defaults to `"resnet18"`), backbone_kwargs, cifar_stem (`bool`, defaults to `True`): the
             timm encoder (the paper: ResNet-18 with the CIFAR stem).
         image_size (`int`, defaults to 32): patch resolution (patches are resized to it).
-        image_mean / image_std (default 0 / 1): the model takes images in [0, 1] and normalises each augmented
-            patch itself with ``patch_mean`` / ``patch_std`` (0.5 / 0.5, the official normalisation).
+        image_mean / image_std (default 0.5 / 0.5, the official normalisation): inputs are normalised images,
+            like every model's; the patch generator works on the de-normalised [0, 1] images and normalises each
+            patch the same way, so the encoder always sees this normalisation.
         hidden_dim (`int`, defaults to 4096), z_dim (`int`, defaults to 1024): ``backbone -> Linear(hidden) BN ReLU``
             (the "pre-feature") ``-> Linear(hidden) BN ReLU -> Linear(z_dim) -> L2 norm``.
         num_patches (`int`, defaults to 20): augmented patches per image per step.
@@ -44,8 +45,6 @@ class EMPSSLConfig(PretrainedConfig):
         image_size: int = 32,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
-        patch_mean: list[float] | None = None,
-        patch_std: list[float] | None = None,
         hidden_dim: int = 4096,
         z_dim: int = 1024,
         num_patches: int = 20,
@@ -73,10 +72,8 @@ class EMPSSLConfig(PretrainedConfig):
         if eval_features not in EVAL_FEATURES:
             raise ValueError(f"eval_features must be one of {EVAL_FEATURES}, got {eval_features!r}")
         set_backbone_fields(self, backbone=backbone, backbone_kwargs=backbone_kwargs, cifar_stem=cifar_stem,
-                            image_size=image_size, image_mean=image_mean or [0.0, 0.0, 0.0],
-                            image_std=image_std or [1.0, 1.0, 1.0])
-        self.patch_mean = list(patch_mean or [0.5, 0.5, 0.5])
-        self.patch_std = list(patch_std or [0.5, 0.5, 0.5])
+                            image_size=image_size, image_mean=image_mean or [0.5, 0.5, 0.5],
+                            image_std=image_std or [0.5, 0.5, 0.5])
         self.hidden_dim = hidden_dim
         self.z_dim = z_dim
         self.num_patches = num_patches

@@ -1,6 +1,6 @@
 """EMP-SSL (Tong et al. 2023) as a ``transformers.PreTrainedModel`` over a timm backbone.
 
-Per step, images ``[B, C, H, W]`` in [0, 1] -> ``n`` augmented patches each, built batched on the images' device
+Per step, normalised images ``[B, C, H, W]`` -> ``n`` augmented patches each, built batched on the images' device
 (:class:`hf_mixssl.multipatch.MultiPatchViews`) -> backbone -> ``Linear(4096) BN ReLU`` (pre-feature) ->
 ``Linear(4096) BN ReLU Linear(1024)`` -> L2 norm -> ``z: [n, B, 1024]`` ->
 ``loss = 200 * invariance + 1 * tcr`` (:func:`hf_mixssl.losses.emp_ssl_terms`; TCR over the global batch when
@@ -68,7 +68,13 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
     def views(self, num_patches: int) -> MultiPatchViews:
         cfg = self.config
         return MultiPatchViews(num_patches=num_patches, size=cfg.image_size, crop_scale=cfg.crop_scale,
-                               mean=tuple(cfg.patch_mean), std=tuple(cfg.patch_std))
+                               mean=tuple(cfg.image_mean), std=tuple(cfg.image_std))
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> [0, 1] (what the patch generator augments)."""
+        mean = torch.tensor(self.config.image_mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.config.image_std, device=x.device).view(1, -1, 1, 1)
+        return (x.float() * std + mean).clamp(0, 1)
 
     def _features(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, C, S, S]`` normalised patches -> ``(backbone [N, D], pre-feature [N, hidden])``."""
@@ -80,7 +86,7 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
         if pixel_values.ndim == 5:
             pixel_values = pixel_values[:, 0]
         if pixel_values.ndim != 4:
-            raise ValueError(f"expected images [B, C, H, W] in [0, 1], got shape {tuple(pixel_values.shape)}")
+            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(pixel_values.shape)}")
         return pixel_values
 
     def forward(
@@ -91,12 +97,12 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
         patches: torch.Tensor | None = None,
         **kwargs,
     ) -> EMPSSLOutput:
-        """``pixel_values: [B, C, H, W]`` (or ``[B, 1, C, H, W]``) in [0, 1]; ``patches [n*B, C, S, S]`` (patch-major,
-        normalised) replaces the random ones. ``labels`` are ignored (self-supervised)."""
+        """``pixel_values: [B, C, H, W]`` (or ``[B, 1, C, H, W]``), normalised with ``image_mean/std``;
+        ``patches [n*B, C, S, S]`` (patch-major, normalised) replaces the random ones. ``labels`` are ignored."""
         x = self._images(pixel_values)
         cfg, b = self.config, x.shape[0]
         if patches is None:
-            patches = self.views(cfg.num_patches)(x)
+            patches = self.views(cfg.num_patches)(self._unit(x))
         n = patches.shape[0] // b
         if n * b != patches.shape[0] or n < 2:
             raise ValueError(f"patches must hold n >= 2 patches per image (patch-major), got {patches.shape[0]} "
@@ -116,17 +122,15 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
         n = cfg.eval_patches if num_patches is None else num_patches
         pick = 0 if cfg.eval_features == "backbone" else 1
         if n == 0:
-            mean = torch.tensor(cfg.patch_mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(cfg.patch_std, device=x.device).view(1, -1, 1, 1)
-            whole = F.interpolate(x.float(), size=cfg.image_size, mode="bilinear", align_corners=False)
-            return self._features((whole - mean) / std)[pick]
+            return self._features(F.interpolate(x, size=cfg.image_size, mode="bilinear", align_corners=False))[pick]
         generator = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
+        unit = self._unit(x)
         total = None
         chunk = max(1, min(n, 4096 // max(1, x.shape[0])))  # bound the memory of one forward
         done = 0
         while done < n:
             k = min(chunk, n - done)
-            f = self._features(self.views(k)(x, generator=generator))[pick].float()
+            f = self._features(self.views(k)(unit, generator=generator))[pick].float()
             f = f.view(k, x.shape[0], -1).sum(dim=0)
             total = f if total is None else total + f
             done += k
@@ -139,14 +143,11 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
     @torch.no_grad()
     def pictures(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Rows: the images, then up to 4 of their augmented patches (de-normalised)."""
-        x = self._images(pixel_values).float()
+        x = self._unit(self._images(pixel_values))
         n = min(4, self.config.num_patches)
-        patches = self.views(n)(x)
-        mean = torch.tensor(self.config.patch_mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.config.patch_std, device=x.device).view(1, -1, 1, 1)
-        patches = (patches * std + mean).clamp(0, 1).view(n, x.shape[0], *patches.shape[1:])
-        size = self.config.image_size
-        originals = F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+        patches = self._unit(self.views(n)(x))
+        patches = patches.view(n, x.shape[0], *patches.shape[1:])
+        originals = F.interpolate(x, size=self.config.image_size, mode="bilinear", align_corners=False).clamp(0, 1)
         return {"emp_ssl_patches": image_grid([originals, *patches])}
 
 

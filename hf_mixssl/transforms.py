@@ -87,7 +87,7 @@ def view_transform(
         crop = v2.RandomResizedCrop(size, scale=(min_scale or 0.2, 1.0), antialias=True,
                                     interpolation=v2.InterpolationMode.BICUBIC)
         return MultiView([v2.Compose([crop, flip, *tail])])
-    if recipe == "emp_ssl":  # the image itself: the model builds its augmented patches batched on the device
+    if recipe == "emp_ssl":  # the whole image: the model cuts its augmented patches batched on the device
         return MultiView([v2.Compose([v2.Resize((size, size), antialias=True), *tail])])
     raise ValueError(f"unknown view recipe {recipe!r}; choose one of {VIEW_RECIPES}")
 

@@ -285,3 +285,87 @@ def linear_probe_evaluate(
     acc = topk_accuracies(logits, test_y)
     return {**{f"linear_{k}": v for k, v in acc.items()}, "linear_train_samples": len(train_y),
             "linear_test_samples": len(test_y), "linear_epochs": epochs}
+
+
+def finetune_evaluate(
+    model,
+    data: EvalData,
+    *,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    train_samples: int | None = None,
+    test_samples: int | None = None,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 0.01,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Fine-tune a copy of ``model.get_encoder()`` with a new linear head; top-1/top-5 on the eval split.
+
+    Training views are the classification recipe (pad-and-crop + flip at <= 64 px, else Inception crop + flip)
+    at the model's resolution and normalisation; SGD (Nesterov, momentum 0.9), cosine per step from ``lr`` to 0,
+    cross-entropy, BatchNorm in training mode. The model itself is not modified.
+    """
+    import copy
+
+    from tqdm.auto import tqdm
+
+    from .backbones import pooled_features
+    from .data import ImageStream, count_classes
+    from .transforms import view_transform
+
+    if epochs <= 0 or batch_size <= 0 or lr <= 0:
+        raise ValueError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {lr}")
+    config = model.config
+    device = torch.device(data.device)
+    num_classes = count_classes(data.dataset, train_split, name=data.dataset_config, label_column=data.label_column)
+    encoder = copy.deepcopy(model.get_encoder()).to(device).requires_grad_(True).train()
+    torch.manual_seed(seed)
+    head = nn.Linear(encoder.num_features, num_classes).to(device)
+    params = list(encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    views = view_transform("classify", size=config.image_size, mean=config.image_mean, std=config.image_std)
+
+    def stream(epoch: int) -> ImageStream:
+        return ImageStream(data.dataset, train_split, views, batch_size, name=data.dataset_config,
+                           image_column=data.image_column, label_column=data.label_column, shuffle=True,
+                           seed=seed + epoch, infinite=False, max_samples=train_samples,
+                           num_workers=data.num_workers)
+
+    from .data import count_rows
+
+    rows = min(count_rows(data.dataset, train_split, name=data.dataset_config), train_samples or 1 << 62)
+    total = max(1, epochs * (rows // batch_size))
+    step = 0
+    bar = tqdm(total=total, desc="fine-tune", disable=not progress, dynamic_ncols=True)
+    for epoch in range(epochs):
+        for batch in stream(epoch):
+            x = batch["pixel_values"][:, 0].to(device, non_blocking=True)
+            y = batch["labels"].to(device, non_blocking=True)
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(step / total, 1.0)))
+            with torch.autocast(device.type, dtype=data.autocast_dtype, enabled=data.autocast_dtype is not None):
+                loss = F.cross_entropy(head(pooled_features(encoder, x)).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+
+    class _Classifier(nn.Module):  # what data.run puts in eval mode
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder, self.head, self.config = encoder, head, config
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(pooled_features(self.encoder, x))
+
+    classifier = _Classifier()
+    logits, labels = data.run(classifier, classifier, data.split_or_default(eval_split), test_samples)
+    acc = topk_accuracies(logits, labels)
+    return {**{f"finetune_{k}": v for k, v in acc.items()}, "finetune_epochs": epochs, "finetune_steps": step,
+            "finetune_test_samples": len(labels)}

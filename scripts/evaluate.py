@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a pretrained hf_mixssl model: `python scripts/evaluate.py --model runs/moco --protocol knn linear`.
 
-Protocols: `knn` (weighted kNN, k 200, T 0.1) and `linear` (frozen encoder, BN(affine=False) + Linear probe on
-cached features). `--random_init` evaluates the same architecture with fresh weights (the baseline every SSL
+Protocols: `knn` (weighted kNN, k 200, T 0.1), `linear` (frozen encoder, BN(affine=False) + Linear probe on
+cached features) and `finetune` (the whole encoder + a new linear head, SGD, cosine). `--random_init` evaluates the same architecture with fresh weights (the baseline every SSL
 result is compared with). Results are printed as JSON and merged into `<model>/eval_results.json` (or
 `--output_file`); keys carry the feature choice, e.g. `backbone_knn_top1`, `cls_linear_top1`.
 """
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run directory (or a local save_pretrained directory)")
     p.add_argument("--dataset", default="../shared/datasets/cifar10", help="load_dataset path or Hub id")
     p.add_argument("--dataset_config", default=None)
-    p.add_argument("--protocol", nargs="+", default=["knn"], choices=["knn", "linear"],
+    p.add_argument("--protocol", nargs="+", default=["knn"], choices=["knn", "linear", "finetune"],
                    help="evaluation protocol(s)")
     p.add_argument("--train_split", default="train")
     p.add_argument("--eval_split", default=None, help="default: test or validation")
@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linear_lr", type=float, default=0.1)
     p.add_argument("--linear_batch_size", type=int, default=256)
     p.add_argument("--linear_weight_decay", type=float, default=0.0)
+    p.add_argument("--finetune_epochs", type=int, default=10)
+    p.add_argument("--finetune_lr", type=float, default=0.01)
+    p.add_argument("--finetune_batch_size", type=int, default=128)
+    p.add_argument("--finetune_weight_decay", type=float, default=5e-4)
+    p.add_argument("--finetune_train_samples", type=int, default=None, help="cap the fine-tuning set")
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--random_init", action="store_true", help="same architecture, untrained weights")
@@ -55,7 +60,7 @@ def main(argv=None) -> int:
     import hf_mixssl  # noqa: F401  (registers the Auto classes)
     from transformers import AutoConfig, AutoModel
 
-    from hf_mixssl.evaluation import EvalData, knn_evaluate, linear_probe_evaluate
+    from hf_mixssl.evaluation import EvalData, finetune_evaluate, knn_evaluate, linear_probe_evaluate
 
     args = build_parser().parse_args(argv)
     try:
@@ -87,12 +92,18 @@ def main(argv=None) -> int:
                 train_samples=args.knn_train_samples, test_samples=args.knn_test_samples, epochs=args.linear_epochs,
                 lr=args.linear_lr, batch_size=args.linear_batch_size, weight_decay=args.linear_weight_decay,
                 seed=args.seed))
+        if "finetune" in args.protocol:
+            result.update(finetune_evaluate(
+                model, data, train_split=args.train_split, eval_split=args.eval_split,
+                train_samples=args.finetune_train_samples, test_samples=args.knn_test_samples,
+                epochs=args.finetune_epochs, batch_size=args.finetune_batch_size, lr=args.finetune_lr,
+                weight_decay=args.finetune_weight_decay, seed=args.seed))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     features = getattr(config, "eval_features", None) or getattr(config, "feature_pool", None)
     prefix = ("random_init_" if args.random_init else "") + (f"{features}_" if features else "")
-    scores = ("knn_top1", "linear_top1", "linear_top5")
+    scores = ("knn_top1", "linear_top1", "linear_top5", "finetune_top1", "finetune_top5")
     result = {prefix + k if k in scores else k: v for k, v in result.items()}
     print(json.dumps(result))
     output = args.output_file or (None if args.random_init else str(Path(args.model) / "eval_results.json"))

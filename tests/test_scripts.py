@@ -43,6 +43,22 @@ def test_evaluate_script_linear_probe_on_mae(tmp_path, cifar10):
     assert bad.returncode == 2 and "--eval_features does not apply" in bad.stderr
 
 
+def test_evaluate_script_finetune(tmp_path, cifar10):
+    out = tmp_path / "run"
+    run_pretrain(tiny_run(out, cifar10, max_steps=1))
+    before = (out / "model.safetensors").read_bytes()
+    cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model", str(out), "--dataset", cifar10,
+           "--protocol", "finetune", "--finetune_epochs", "1", "--finetune_train_samples", "64",
+           "--finetune_batch_size", "16", "--knn_test_samples", "32", "--num_workers", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0.0 <= result["backbone_finetune_top1"] <= result["backbone_finetune_top5"] <= 1.0
+    assert result["finetune_steps"] == 4 and result["finetune_test_samples"] == 32
+    assert "fine-tune" in proc.stderr  # progress bar
+    assert (out / "model.safetensors").read_bytes() == before  # the pretrained model is not modified
+
+
 def test_evaluate_script_bad_model_dir(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120)

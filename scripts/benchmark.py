@@ -83,6 +83,21 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def train_step(loss_fn: Callable[[], torch.Tensor], opt, *, device, bf16: bool, after: Callable | None = None):
+    """A closure running one optimizer step on ``loss_fn()`` under autocast, then ``after()`` (momentum updates)."""
+
+    def step() -> None:
+        with autocast(device, bf16):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if after is not None:
+            after()
+
+    return step
+
+
 def supervised_step(args, device):
     import timm
 
@@ -91,14 +106,7 @@ def supervised_step(args, device):
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
 
-    def step() -> None:
-        with autocast(device, args.bf16):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    return train_step(lambda: F.cross_entropy(model(x), y), opt, device=device, bf16=args.bf16)
 
 
 def moco_step(args, device, version: int):
@@ -112,15 +120,8 @@ def moco_step(args, device, version: int):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     x = torch.randn(args.batch_size, 2, 3, args.image_size, args.image_size, device=device)
 
-    def step() -> None:
-        with autocast(device, args.bf16):
-            loss = model(pixel_values=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        model.update_momentum(0.5)
-
-    return step
+    return train_step(lambda: model(pixel_values=x).loss, opt, device=device, bf16=args.bf16,
+                      after=lambda: model.update_momentum(0.5))
 
 
 def lightly_moco_step(args, device):
@@ -220,14 +221,9 @@ def automix_rows(args, device) -> list[dict]:
         model.to(device).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
 
-        def step(model=model, opt=opt) -> None:
-            with autocast(device, args.bf16):
-                loss = model(pixel_values=x, labels=y).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if hasattr(model, "update_momentum"):
-                model.update_momentum(0.5)
+        step = train_step(lambda model=model: model(pixel_values=x, labels=y).loss, opt, device=device,
+                          bf16=args.bf16, after=getattr(model, "update_momentum", None) and
+                          (lambda model=model: model.update_momentum(0.5)))
 
         with PeakMemory(device) as mem:
             seconds = time_steps(step, steps=args.steps, warmup=args.warmup, device=device)
@@ -266,12 +262,7 @@ def mae_rows(args, device) -> list[dict]:
         model.to(device).train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
 
-        def step(model=model, opt=opt, loss_fn=loss_fn) -> None:
-            with autocast(device, args.bf16):
-                loss = loss_fn(model)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        step = train_step(lambda model=model, loss_fn=loss_fn: loss_fn(model), opt, device=device, bf16=args.bf16)
 
         with PeakMemory(device) as mem:
             seconds = time_steps(step, steps=args.steps, warmup=args.warmup, device=device)
@@ -328,12 +319,8 @@ def emp_ssl_rows(args, device) -> list[dict]:
     model = EMPSSLModel(EMPSSLConfig(backbone=args.backbone, num_patches=n)).to(device).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
 
-    def emp_step() -> None:
-        with autocast(device, args.bf16):
-            loss = model(pixel_values=tensor).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    normalised = (tensor - 0.5) / 0.5  # the model's inputs (its config's mean/std)
+    emp_step = train_step(lambda: model(pixel_values=normalised).loss, opt, device=device, bf16=args.bf16)
 
     import timm
 
@@ -344,12 +331,7 @@ def emp_ssl_rows(args, device) -> list[dict]:
     x = torch.randn(n * len(images), 3, 32, 32, device=device)
     y = torch.randint(0, 10, (n * len(images),), device=device)
 
-    def bare_step() -> None:
-        with autocast(device, args.bf16):
-            loss = F.cross_entropy(bare(x), y)
-        loss.backward()
-        bare_opt.step()
-        bare_opt.zero_grad(set_to_none=True)
+    bare_step = train_step(lambda: F.cross_entropy(bare(x), y), bare_opt, device=device, bf16=args.bf16)
 
     for name, fn in (("timm supervised step on as many 32 px images (limit)", bare_step),
                      ("hf_mixssl EMP-SSL step (patches generated inside)", emp_step)):

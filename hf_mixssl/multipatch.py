@@ -146,6 +146,10 @@ class MultiPatchViews:
         """``[B, C, H, W]`` in [0, 1] -> normalised patches ``[num_patches * B, C, size, size]``."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected RGB images [B, 3, H, W] in [0, 1], got shape {tuple(images.shape)}")
+        with torch.autocast(images.device.type, enabled=False):  # pixel arithmetic stays fp32 under bf16 training
+            return self._augment(images.float(), generator)
+
+    def _augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         x = self.crops(images, generator)
         n = x.shape[0]
         jit = (_rand(n, x, generator) < self.jitter_p).nonzero(as_tuple=True)[0]

@@ -84,6 +84,14 @@ class TestMultiPatchViews:
         x = torch.rand(4, 3, 16, 16)
         assert torch.allclose(_jitter_op(x, op, torch.full((4,), f)), fn(x, f), atol=1e-4)
 
+    def test_runs_fp32_under_bf16_autocast(self):
+        images = torch.rand(8, 3, 32, 32)
+        views = MultiPatchViews(num_patches=4, blur_p=1.0)  # the blur is a convolution: autocast would make it bf16
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = views(images, generator=torch.Generator().manual_seed(0))
+        assert out.dtype == torch.float32
+        assert torch.equal(out, views(images, generator=torch.Generator().manual_seed(0)))
+
     def test_rejects_bad_input(self):
         with pytest.raises(ValueError, match="RGB images"):
             MultiPatchViews()(torch.rand(2, 1, 32, 32))

@@ -40,6 +40,9 @@ class PretrainArguments:
     min_crop_scale: float | None = _f(None, "RandomResizedCrop lower scale (recipe default)")
     shuffle_buffer_size: int = _f(10_000, "streaming shuffle buffer")
     num_workers: int = _f(2, "decode/augment worker processes per rank")
+    cpu_threads: int | None = _f(None, "torch threads per process when training on CPU (default: the cores this "
+                                       "process may use / processes on this machine; `accelerate launch` without "
+                                       "--cpu sets OMP_NUM_THREADS=1)")
     min_image_size: int = _f(4, "skip images with a side below this many pixels")
     # ---- model (None = the method's default; see the config class for meanings)
     backbone: str | None = _f(None, "any timm model name")
@@ -148,6 +151,7 @@ class PretrainArguments:
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_steps", "num_epochs",
                      "learning_rate", "logging_steps", "knn_k", "knn_t", "save_total_limit"):
             positive(name)
+        positive("cpu_threads")
         for name in ("weight_decay", "min_lr", "checkpointing_steps", "num_workers", "warmup_steps", "warmup_epochs"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -200,6 +200,7 @@ class Pretrainer:
         )
         acc = self.accelerator
         self._setup_logging()
+        self._set_cpu_threads()
         set_seed(args.seed)
         self.model = build_model(args, extra)
         # Methods whose parts learn from different losses (AutoMix) ask DDP to tolerate unused parameters.
@@ -247,6 +248,21 @@ class Pretrainer:
             logger.addHandler(handler)
             self._log_file = handler
         logger.setLevel(logging.INFO if acc.is_main_process else logging.WARNING)
+
+    def _set_cpu_threads(self) -> None:
+        """On CPU, use this process's share of the cores: `accelerate launch` (without --cpu) exports
+        OMP_NUM_THREADS=1, which halves a 2-core machine's throughput."""
+        acc, args = self.accelerator, self.args
+        if acc.device.type != "cpu":
+            return
+        threads = args.cpu_threads
+        if threads is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))  # processes on this machine
+            threads = max(1, cores // max(1, local))
+        if threads != torch.get_num_threads():
+            logger.info("using %d CPU threads per process (was %d)", threads, torch.get_num_threads())
+            torch.set_num_threads(threads)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         from timm.optim import create_optimizer_v2

@@ -369,3 +369,18 @@ def test_data_workers_do_not_inherit_the_stop_handler(tmp_path, cifar10):
     run_pretrain(tiny_run(out, cifar10, num_workers=2, max_steps=2, knn_every=0, knn_train_samples=64,
                           knn_test_samples=32))
     assert "signal 15" not in (out / "train.log").read_text()
+
+
+def test_cpu_threads_default_to_this_process_share_of_the_cores(tmp_path, cifar10):
+    """`accelerate launch` exports OMP_NUM_THREADS=1 on CPU; the trainer takes the cores back (or obeys the flag)."""
+    import os
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run_pretrain(tiny_run(tmp_path / "a", cifar10, max_steps=1))
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+        run_pretrain(tiny_run(tmp_path / "b", cifar10, max_steps=1, cpu_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -127,6 +127,8 @@ class PretrainArguments:
     checkpointing_steps: int = _f(500, "save a resumable checkpoint every N steps (0 = only at the end)")
     save_total_limit: int = _f(2, "checkpoints kept")
     resume_from_checkpoint: str | None = _f(None, "PATH or 'latest'")
+    export_encoder: bool = _f(True, "export the trained backbone to <output_dir>/encoder in timm's Hub format "
+                                    "(--no-export_encoder to skip)")
     push_to_hub: bool = _f(False, "upload the finished run (model, code, card; encoder to <id>-encoder) to the Hub")
     hub_model_id: str | None = _f(None, "org/name of the Hub repo for --push_to_hub")
     hub_private: bool = _f(False, "create the Hub repo as private")

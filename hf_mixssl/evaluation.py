@@ -41,11 +41,16 @@ def extract_features(
     *,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    progress: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``features_fn`` over ``{"pixel_values", "labels"}`` batches -> ``(feats [N, D] fp32, labels [N])``."""
+    """Run ``features_fn`` over ``{"pixel_values", "labels"}`` batches -> ``(feats [N, D] fp32, labels [N])``.
+
+    ``progress`` names a progress bar (none when ``None``)."""
+    from tqdm.auto import tqdm
+
     feats, labels = [], []
     device = torch.device(device)
-    for batch in batches:
+    for batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch", dynamic_ncols=True):
         x = batch["pixel_values"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             f = features_fn(x)
@@ -128,6 +133,7 @@ class EvalData:
     num_workers: int = 0
     device: torch.device | str = "cpu"
     autocast_dtype: torch.dtype | None = None
+    progress: bool = False  # progress bars (the scripts); the trainer's monitor stays quiet
 
     def split_or_default(self, split: str | None) -> str:
         return split or default_eval_split(self.dataset, self.dataset_config)
@@ -147,7 +153,8 @@ class EvalData:
         was_training = model.training
         model.eval()
         try:
-            return extract_features(fn, stream, device=self.device, autocast_dtype=self.autocast_dtype)
+            return extract_features(fn, stream, device=self.device, autocast_dtype=self.autocast_dtype,
+                                    progress=f"features ({split})" if self.progress else None)
         finally:
             model.train(was_training)
 
@@ -300,7 +307,6 @@ def finetune_evaluate(
     lr: float = 0.01,
     weight_decay: float = 5e-4,
     seed: int = 0,
-    progress: bool = True,
 ) -> dict[str, float]:
     """Fine-tune a copy of ``model.get_encoder()`` with a new linear head; top-1/top-5 on the eval split.
 
@@ -339,7 +345,7 @@ def finetune_evaluate(
     rows = min(count_rows(data.dataset, train_split, name=data.dataset_config), train_samples or 1 << 62)
     total = max(1, epochs * (rows // batch_size))
     step = 0
-    bar = tqdm(total=total, desc="fine-tune", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc="fine-tune", disable=not data.progress, dynamic_ncols=True)
     for epoch in range(epochs):
         for batch in stream(epoch):
             x = batch["pixel_values"][:, 0].to(device, non_blocking=True)

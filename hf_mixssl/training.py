@@ -542,8 +542,7 @@ class Pretrainer:
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
             model.save_pretrained(self.output_dir, safe_serialization=True)
-            encoder = export_model_encoder(model, self.output_dir / "encoder")
-            if encoder is None:
+            if self.args.export_encoder and export_model_encoder(model, self.output_dir / "encoder") is None:
                 logger.info("encoder not exported: timm cannot rebuild a CIFAR-stem backbone from its config")
             results = {"global_step": self.global_step, "method": self.args.method,
                        "dataset": self.args.dataset, **eval_results}

@@ -55,8 +55,29 @@ def test_evaluate_script_finetune(tmp_path, cifar10):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0.0 <= result["backbone_finetune_top1"] <= result["backbone_finetune_top5"] <= 1.0
     assert result["finetune_steps"] == 4 and result["finetune_test_samples"] == 32
-    assert "fine-tune" in proc.stderr  # progress bar
+    assert "fine-tune" in proc.stderr and "features (test)" in proc.stderr  # progress bars
     assert (out / "model.safetensors").read_bytes() == before  # the pretrained model is not modified
+
+
+def test_export_encoder_script(tmp_path, cifar10):
+    import torch
+
+    out = tmp_path / "run"
+    run_pretrain(tiny_run(out, cifar10, max_steps=1, export_encoder=False))
+    assert not (out / "encoder").exists()
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "export_encoder.py"), str(out), "--output",
+                           str(tmp_path / "enc")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import timm
+
+    encoder = timm.create_model(f"local-dir:{tmp_path / 'enc'}", pretrained=True).eval()
+    assert encoder(torch.randn(1, 3, 32, 32)).shape[-1] == encoder.num_features
+    stem = tmp_path / "stem"
+    run_pretrain(tiny_run(stem, cifar10, max_steps=1, cifar_stem=True))
+    assert not (stem / "encoder").exists()  # a CIFAR stem is not expressible in timm's config
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "export_encoder.py"), str(stem)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "CIFAR-stem" in bad.stderr
 
 
 def test_evaluate_script_bad_model_dir(tmp_path):

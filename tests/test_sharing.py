@@ -7,8 +7,8 @@ import torch
 from conftest import check_loads_without_hf_mixssl
 from transformers import AutoModel
 
-from hf_mixssl import (AutoMixConfig, AutoMixModel, MAEConfig, MAEModel, MixupClassifierConfig,
-                       MixupForImageClassification, MoCoConfig, MoCoModel)
+from hf_mixssl import (AutoMixConfig, AutoMixModel, EMPSSLConfig, EMPSSLModel, MAEConfig, MAEModel,
+                       MixupClassifierConfig, MixupForImageClassification, MoCoConfig, MoCoModel)
 
 TINY = dict(backbone="test_resnet", cifar_stem=True, image_size=32)
 CASES = [
@@ -21,6 +21,8 @@ CASES = [
     ("AutoModel", lambda: MAEModel(MAEConfig(backbone="vit_tiny_patch16_224", image_size=32, decoder_embed_dim=32,
                                              decoder_depth=1, decoder_num_heads=4,
                                              backbone_kwargs={"patch_size": 8, "depth": 1}))),
+    ("AutoModel", lambda: EMPSSLModel(EMPSSLConfig(backbone="test_resnet", hidden_dim=32, z_dim=16, num_patches=2,
+                                                   eval_patches=2))),
 ]
 
 
@@ -30,7 +32,7 @@ def test_loads_with_trust_remote_code_without_hf_mixssl(tmp_path, auto_class, bu
     model = build().eval()
     model.save_pretrained(tmp_path)
     x = torch.randn(2, 3, 32, 32)
-    features = isinstance(model, (MoCoModel, MAEModel))  # self-supervised: features; classifiers: logits
+    features = isinstance(model, (MoCoModel, MAEModel, EMPSSLModel))  # self-supervised: features; classifiers: logits
     expected = model.extract_features(x) if features else model(x).logits
     module = check_loads_without_hf_mixssl(tmp_path, auto_class, x, expected, features=features)
     assert module.startswith("transformers_modules")

@@ -208,7 +208,8 @@ def render_model_card(run_dir: str | Path, *, repo_id: str | None = None, model=
         usage += (f"\n\nThe encoder alone, in timm's format (`encoder/`, pushed as `{enc}`):\n\n```python\nimport timm\n"
                   f"encoder = timm.create_model(\"{scheme}:{enc}\", pretrained=True)\n```")
     budget_bits = [f"{evals['global_step']} steps" if evals.get("global_step") else None,
-                   f"{args['num_epochs']} epochs planned" if args.get("num_epochs") else None]
+                   f"{args['num_epochs']} epochs planned" if args.get("num_epochs") and not args.get("max_steps")
+                   else None]
     budget = ", ".join(b for b in budget_bits if b) or "see training_args.json"
     limitations = "" if has_encoder or not config.get("cifar_stem") else (
         "- The CIFAR-stem backbone cannot be rebuilt from timm's config, so no timm-format encoder is exported; "

@@ -66,14 +66,16 @@ PAPERS: dict[str, dict[str, str]] = {
                   "journal={arXiv preprint arXiv:2304.03977},\n  year={2023}\n}"},
 }
 
-# eval_results.json key -> (human metric name, task): keys may carry a feature prefix (backbone_, cls_, ...)
-_METRICS = {
+# eval_results.json scores -> metric names. Protocol scores may carry the feature choice as a prefix
+# (backbone_knn_top1, cls_linear_top1); a classifier's own scores are exact keys.
+_PROTOCOL_METRICS = {
     "knn_top1": "kNN top-1 (k={knn_k}, T={knn_t})",
     "linear_top1": "linear-probe top-1",
     "linear_top5": "linear-probe top-5",
-    "top1": "top-1",
-    "top1_online": "top-1 of the online encoder",
+    "finetune_top1": "fine-tuned top-1",
+    "finetune_top5": "fine-tuned top-5",
 }
+_CLASSIFIER_METRICS = {"top1": "top-1", "top1_online": "top-1 of the online encoder"}
 _RECIPE_KEYS = ("method", "preset", "dataset", "per_device_batch_size", "gradient_accumulation_steps", "num_epochs",
                 "max_steps", "optimizer", "learning_rate", "scale_lr", "weight_decay", "lr_schedule", "warmup_epochs",
                 "warmup_steps", "views", "seed")
@@ -93,17 +95,19 @@ def _dataset_name(dataset: str) -> str:
 
 
 def results_of(evals: dict[str, Any]) -> list[tuple[str, str, float]]:
-    """``[(key, metric name, value in %)]`` of every score in ``eval_results.json``."""
+    """``[(key, metric name, value in %)]`` of this model's scores in ``eval_results.json`` (random-init
+    baselines, counts and settings are left out)."""
     rows = []
     for key, value in evals.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or key.startswith("random_init_"):
             continue
-        for base, name in _METRICS.items():
+        if key in _CLASSIFIER_METRICS:
+            rows.append((key, _CLASSIFIER_METRICS[key], round(100.0 * float(value), 2)))
+            continue
+        for base, name in _PROTOCOL_METRICS.items():
             if key == base or key.endswith("_" + base):
-                prefix = key[: -len(base)].rstrip("_")
-                label = name if not prefix else f"{name}, {prefix.replace('_', ' ')} features"
-                if base == "top1" and key != "top1":
-                    break  # e.g. linear_top1 is matched by its own entry
+                prefix = key[: -len(base)].rstrip("_").replace("_", " ")
+                label = f"{name}, {prefix} features" if prefix else name
                 rows.append((key, label, round(100.0 * float(value), 2)))
                 break
     return rows

@@ -84,9 +84,9 @@ def read_encoder_export(path: str | Path) -> tuple[dict, Path]:
 
 logger = logging.getLogger("hf_mixssl")
 
-#: Files of a run directory that a Hub repo needs (besides the ``*.py`` modeling code and sharded weights).
-RUN_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "eval_results.json",
-             "training_args.json")
+#: Files of a run directory a Hub repo carries besides the weights (``model*.safetensors`` and their index)
+#: and the ``*.py`` modeling code.
+RUN_FILES = ("config.json", "model.safetensors.index.json", "eval_results.json", "training_args.json")
 
 
 class PushError(RuntimeError):
@@ -107,9 +107,7 @@ def run_files(run_dir: str | Path) -> list[Path]:
         module = ref.split("--")[-1].split(".")[0] + ".py"
         if not (run / module).is_file():
             raise ValueError(f"{run}: config.json auto_map names {ref!r} but {module} is missing")
-    named = [run / f for f in RUN_FILES if (run / f).is_file() and not f.startswith("model.safetensors")]
-    index = run / "model.safetensors.index.json"
-    return sorted(set(weights + code + named + ([index] if index.is_file() else [])))
+    return sorted(weights + code + [run / f for f in RUN_FILES if (run / f).is_file()])
 
 
 def _transient(error: Exception) -> bool:

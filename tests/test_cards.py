@@ -56,6 +56,10 @@ def test_results_of_ignores_counts_and_names_features():
                        "top1": 0.7, "top1_online": 0.8, "method": "x"})
     assert [(k, v) for k, _, v in rows] == [("knn_top1", 50.0), ("cls_linear_top1", 25.0), ("top1", 70.0),
                                             ("top1_online", 80.0)]
+    # fine-tuning scores are this model's too; random-init baselines are not
+    rows = results_of({"backbone_finetune_top1": 0.6, "random_init_backbone_knn_top1": 0.2})
+    assert [(k, label, v) for k, label, v in rows] == [("backbone_finetune_top1", "fine-tuned top-1, backbone features",
+                                                        60.0)]
 
 
 def test_every_method_has_a_template():

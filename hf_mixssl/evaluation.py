@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -134,12 +134,25 @@ class EvalData:
     device: torch.device | str = "cpu"
     autocast_dtype: torch.dtype | None = None
     progress: bool = False  # progress bars (the scripts); the trainer's monitor stays quiet
+    # Keep each (fn, split, limit) result: a script evaluating one fixed model with several protocols (kNN and a
+    # linear probe) extracts its features once. Off for the trainer, whose model changes between evaluations.
+    reuse: bool = False
+    _results: dict = field(default_factory=dict, repr=False)
 
     def split_or_default(self, split: str | None) -> str:
         return split or default_eval_split(self.dataset, self.dataset_config)
 
     def run(self, model, fn: Callable[[torch.Tensor], torch.Tensor], split: str, limit: int | None):
         """``fn`` over one pass of ``split`` (at most ``limit`` rows) in eval mode -> ``(outputs, labels)``."""
+        key = (fn, split, limit)
+        if self.reuse and key in self._results:
+            return self._results[key]
+        result = self._run(model, fn, split, limit)
+        if self.reuse:
+            self._results[key] = result
+        return result
+
+    def _run(self, model, fn: Callable[[torch.Tensor], torch.Tensor], split: str, limit: int | None):
         from .data import ImageStream
         from .transforms import eval_transform
 
@@ -319,7 +332,7 @@ def finetune_evaluate(
     from tqdm.auto import tqdm
 
     from .backbones import pooled_features
-    from .data import ImageStream, count_classes
+    from .data import ImageStream, count_classes, count_rows
     from .transforms import view_transform
 
     if epochs <= 0 or batch_size <= 0 or lr <= 0:
@@ -339,8 +352,6 @@ def finetune_evaluate(
                            image_column=data.image_column, label_column=data.label_column, shuffle=True,
                            seed=seed + epoch, infinite=False, max_samples=train_samples,
                            num_workers=data.num_workers)
-
-    from .data import count_rows
 
     rows = min(count_rows(data.dataset, train_split, name=data.dataset_config), train_samples or 1 << 62)
     total = max(1, epochs * (rows // batch_size))

@@ -80,7 +80,8 @@ def main(argv=None) -> int:
         model.to(device)
         data = EvalData(args.dataset, args.dataset_config, args.image_column, args.label_column,
                         batch_size=args.batch_size, num_workers=args.num_workers, device=device,
-                        autocast_dtype=torch.bfloat16 if args.bf16 else None, progress=True)
+                        autocast_dtype=torch.bfloat16 if args.bf16 else None, progress=True,
+                        reuse=True)
         result = {}
         if "knn" in args.protocol:
             result.update(knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,

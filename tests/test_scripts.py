@@ -39,6 +39,8 @@ def test_evaluate_script_linear_probe_on_mae(tmp_path, cifar10):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert 0.0 <= result["mean_linear_top1"] <= result["mean_linear_top5"] <= 1.0
     assert "mean_knn_top1" in result and result["linear_test_samples"] == 128
+    # kNN and the probe share one feature pass per split
+    assert proc.stderr.count("features (train): 0batch") == 1 and proc.stderr.count("features (test): 0batch") == 1
     bad = subprocess.run(cmd[:6] + ["--eval_features", "projection"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--eval_features does not apply" in bad.stderr
 

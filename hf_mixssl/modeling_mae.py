@@ -95,13 +95,12 @@ class MAEModel(MAEPreTrainedModel):
         self.decoder_embed = nn.Linear(self.embed_dim, dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, dd), requires_grad=False)
-        norm = nn.LayerNorm(dd, eps=1e-6)
         self.decoder_blocks = nn.Sequential(*[
             Block(dd, config.decoder_num_heads, mlp_ratio=config.decoder_mlp_ratio, qkv_bias=True,
                   norm_layer=partial(nn.LayerNorm, eps=1e-6))
             for _ in range(config.decoder_depth)
         ])
-        self.decoder_norm = norm
+        self.decoder_norm = nn.LayerNorm(dd, eps=1e-6)
         self.decoder_pred = nn.Linear(dd, self.patch_size**2 * self.in_chans)
         self._initialize_mae()
         self.post_init()

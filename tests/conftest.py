@@ -24,24 +24,28 @@ def cifar10() -> str:
     return str(CIFAR10)
 
 
-def tiny_run(output_dir: Path, dataset: str, **overrides: Any) -> dict[str, Any]:
-    """Arguments for a fast real run: tiny timm ResNet, 32 px, real CIFAR-10 stream."""
+def tiny_run(output_dir: Path, dataset: str, *, method: str = "moco_v2", **overrides: Any) -> dict[str, Any]:
+    """Arguments for a fast real run of ``method``: its registry defaults and tiny setting (a tiny timm backbone
+    at 32 px), on a real CIFAR-10 stream."""
+    from hf_mixssl.methods import get_method
+
+    entry = get_method(method)
     values: dict[str, Any] = dict(
-        method="moco_v2", version=2, views="moco_cifar", dataset=dataset, backbone="test_resnet",
-        image_size=32, per_device_batch_size=16, max_steps=4, queue_size=64, bn_splits=2,
-        output_dir=str(output_dir), checkpointing_steps=0, knn_every=-1, num_workers=0,
-        report_to="none", logging_steps=1, learning_rate=0.05, seed=0, image_every=-1,
+        method=method, dataset=dataset, per_device_batch_size=16, max_steps=4, output_dir=str(output_dir),
+        checkpointing_steps=0, knn_every=-1, num_workers=0, report_to="none", logging_steps=1,
+        learning_rate=0.05, seed=0, image_every=-1,
     )
+    values.update(entry.defaults)
+    values.update(entry.tiny)
     values.update(overrides)
     return values
 
 
 def run_pretrain(values: dict[str, Any]) -> dict[str, Any]:
-    from hf_mixssl.arguments import resolve
-    from hf_mixssl.training import pretrain
+    from hf_mixssl.train.arguments import resolve
+    from hf_mixssl.train.loop import pretrain
 
-    args, extra = resolve(values)
-    return pretrain(args, extra)
+    return pretrain(resolve(values))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import run_pretrain, tiny_run
-from hf_mixssl.cards import TEMPLATE_OF, TEMPLATES, render_model_card, results_of
+from hf_mixssl.sharing.cards import TEMPLATES, render_model_card, results_of
 
 
 @pytest.fixture(scope="module")
@@ -63,4 +63,6 @@ def test_results_of_ignores_counts_and_names_features():
 
 
 def test_every_method_has_a_template():
-    assert {p.stem for p in TEMPLATES.glob("*.md")} == set(TEMPLATE_OF.values())
+    from hf_mixssl.methods import get_method, list_methods
+
+    assert {p.stem for p in TEMPLATES.glob("*.md")} == {get_method(m).card_template for m in list_methods()}

@@ -3,8 +3,8 @@ import itertools
 import pytest
 import torch
 
-from hf_mixssl.data import ImageStream, decode_image, detect_columns, sample_seed
-from hf_mixssl.transforms import eval_transform, view_transform
+from hf_mixssl.data.stream import ImageStream, decode_image, detect_columns, sample_seed
+from hf_mixssl.data.views import eval_transform, view_transform
 
 
 def take(stream, n):
@@ -116,8 +116,8 @@ def test_a_dead_worker_is_an_error_not_a_hang(cifar10):
     import os
     import signal
 
-    from hf_mixssl.data import DataWorkerError, ImageStream
-    from hf_mixssl.transforms import view_transform
+    from hf_mixssl.data.stream import DataWorkerError, ImageStream
+    from hf_mixssl.data.views import view_transform
 
     stream = ImageStream(cifar10, "train", view_transform("classify", size=32), 32, shuffle=False, infinite=True,
                          num_workers=1)

@@ -13,8 +13,8 @@ from transformers import AutoModel
 import hf_mixssl  # noqa: F401
 from conftest import two_process_launch
 from hf_mixssl import EMPSSLConfig, EMPSSLModel
-from hf_mixssl.losses import emp_ssl_terms, total_coding_rate
-from hf_mixssl.multipatch import MultiPatchViews, _jitter_op
+from hf_mixssl.models.losses import emp_ssl_terms, total_coding_rate
+from hf_mixssl.models.multipatch import MultiPatchViews, _jitter_op
 
 
 class TestLosses:
@@ -148,8 +148,8 @@ def test_two_ranks_give_the_single_device_gradient(tmp_path):
     script.write_text(textwrap.dedent('''
         import torch, torch.distributed as dist, torch.nn.functional as F
         from accelerate import Accelerator
-        from hf_mixssl.distributed import gather_with_grad
-        from hf_mixssl.losses import emp_ssl_terms
+        from hf_mixssl.models.distributed import gather_with_grad
+        from hf_mixssl.models.losses import emp_ssl_terms
 
         state = Accelerator()  # (a bare PartialState reported process_index 0 on both CPU ranks here)
         torch.manual_seed(0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_mixssl.evaluation import load_metric, topk_accuracies, train_linear_probe
+from hf_mixssl.evaluation.protocols import load_metric, topk_accuracies, train_linear_probe
 
 
 def blobs(n=3000, d=32, c=10, seed=0):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_mixssl.heads import SplitBatchNorm, build_mlp, convert_split_bn, revert_split_bn
+from hf_mixssl.models.heads import SplitBatchNorm, build_mlp, convert_split_bn, revert_split_bn
 
 
 class TestBuildMLP:

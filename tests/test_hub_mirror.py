@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import run_pretrain, tiny_run
-from hf_mixssl.hub import push_run
+from hf_mixssl.sharing.hub import push_run
 
 
 class GitMirrorApi:
@@ -140,7 +140,7 @@ def test_pushed_runs_load_by_repo_id(tmp_path, cifar10, mirror):
         print("LOADED", type(moco).__module__, type(clf).__name__)
     """
     with_pkg = _load_through_mirror(endpoint, tmp_path, check, without_hf_mixssl=False)
-    assert "LOADED hf_mixssl.modeling_moco AutoMixModel" in with_pkg
+    assert "LOADED hf_mixssl.models.modeling_moco AutoMixModel" in with_pkg
     without = _load_through_mirror(endpoint, tmp_path, check, without_hf_mixssl=True)
     assert "LOADED transformers_modules" in without
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_mixssl.losses import contrastive_all_keys, info_nce_queue
+from hf_mixssl.models.losses import contrastive_all_keys, info_nce_queue
 
 
 def _reference_info_nce(q, k, queue, tau):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hf_mixssl.masking import (masked_mse_loss, num_visible, patch_targets, patchify, random_masking,
+from hf_mixssl.models.masking import (masked_mse_loss, num_visible, patch_targets, patchify, random_masking,
                                sincos_pos_embed_2d, unpatchify)
 
 

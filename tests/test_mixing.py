@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_mixssl.mixing import cutmix, mixup, rand_bbox, reverse_perm, sample_lam, unmix_images
+from hf_mixssl.models.mixing import cutmix, mixup, rand_bbox, reverse_perm, sample_lam, unmix_images
 
 
 def batch(b=6):
@@ -73,7 +73,7 @@ class TestMaskMixers:
 
     @pytest.mark.parametrize("name", ["fmix", "gridmix", "smoothmix", "saliencymix", "resizemix"])
     def test_contract(self, name):
-        from hf_mixssl import mixing
+        from hf_mixssl.models import mixing
 
         fn = getattr(mixing, name)
         x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -96,7 +96,7 @@ class TestMaskMixers:
             assert torch.equal(out.x, again.x) and out.lam == again.lam
 
     def test_fmix_keeps_exactly_lam(self):
-        from hf_mixssl.mixing import fmix
+        from hf_mixssl.models.mixing import fmix
 
         x = torch.zeros(2, 1, 16, 16)
         x[1] = 1.0
@@ -105,7 +105,7 @@ class TestMaskMixers:
         assert out.x[0].mean().item() == pytest.approx(0.75)  # 75% of pixels came from the all-ones partner
 
     def test_resizemix_pastes_whole_partner(self):
-        from hf_mixssl.mixing import resizemix
+        from hf_mixssl.models.mixing import resizemix
 
         x = torch.zeros(2, 1, 20, 20)
         x[1] = 1.0
@@ -114,7 +114,7 @@ class TestMaskMixers:
         assert out.x[0].sum().item() == pytest.approx(100.0)  # a 10x10 copy of the ones image
 
     def test_saliencymix_box_covers_partner_peak(self):
-        from hf_mixssl.mixing import saliencymix
+        from hf_mixssl.models.mixing import saliencymix
 
         x = torch.zeros(2, 1, 32, 32)
         x[1, :, 20:24, 5:9] = 5.0  # a salient blob in the partner

@@ -6,7 +6,7 @@ from transformers import AutoModel, AutoModelForImageClassification
 
 import hf_mixssl  # noqa: F401
 from hf_mixssl import AutoMixConfig, AutoMixModel
-from hf_mixssl.modeling_automix import MixBlock, mask_ratio_loss
+from hf_mixssl.models.modeling_automix import MixBlock, mask_ratio_loss
 
 
 def tiny(**kw):
@@ -51,7 +51,7 @@ class TestGradientRouting:
         model = tiny().train()
         x, y = data()
         out = model(x, y, lam=(0.5, 0.95), perm=PERMS)  # 0.95 >= 1 - 0.08: plain Mixup for the backbone
-        from hf_mixssl.losses import mixed_cross_entropy
+        from hf_mixssl.models.losses import mixed_cross_entropy
 
         mixed = 0.95 * x + 0.05 * x[PERMS[1]]
         ref = mixed_cross_entropy(model.head_mix(model.backbone(mixed)), y, y[PERMS[1]], lam=0.95)

@@ -10,8 +10,8 @@ from transformers import AutoModel
 
 import hf_mixssl  # noqa: F401
 from hf_mixssl import MAEConfig, MAEModel
-from hf_mixssl.hub import export_encoder
-from hf_mixssl.masking import sincos_pos_embed_2d
+from hf_mixssl.sharing.hub import export_encoder
+from hf_mixssl.models.masking import sincos_pos_embed_2d
 
 
 def tiny(**kw):

@@ -5,7 +5,7 @@ from transformers import AutoModel, AutoModelForImageClassification
 
 import hf_mixssl  # noqa: F401
 from hf_mixssl import MixupClassifierConfig, MixupForImageClassification
-from hf_mixssl.configuration_mixup import MIX_MODES
+from hf_mixssl.models.configuration_mixup import MIX_MODES
 
 ALL_MODES = list(MIX_MODES)
 

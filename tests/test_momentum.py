@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hf_mixssl.momentum import KeyQueue, make_momentum_copy, momentum_schedule, update_momentum
+from hf_mixssl.models.momentum import KeyQueue, make_momentum_copy, momentum_schedule, update_momentum
 
 
 class TestSchedule:

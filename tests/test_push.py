@@ -18,7 +18,7 @@ except ImportError:
     import httpx
 
 from conftest import REPO, check_loads_without_hf_mixssl, run_pretrain, tiny_run
-from hf_mixssl.hub import PushError, push_run
+from hf_mixssl.sharing.hub import PushError, push_run
 
 
 class RecordingApi:
@@ -107,7 +107,7 @@ def test_script_reports_a_bad_run_dir(tmp_path):
 
 
 def test_pretrain_push_to_hub_uses_the_same_path(tmp_path, cifar10, monkeypatch):
-    import hf_mixssl.hub as hub
+    import hf_mixssl.sharing.hub as hub
 
     api = RecordingApi(tmp_path)
     monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: api)

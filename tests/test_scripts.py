@@ -24,13 +24,8 @@ def test_evaluate_script_knn_and_random_init(tmp_path, cifar10):
 
 
 def test_evaluate_script_linear_probe_on_mae(tmp_path, cifar10):
-    from hf_mixssl.presets import METHOD_DEFAULTS
-
     out = tmp_path / "mae"
-    run_pretrain(tiny_run(out, cifar10, **{**METHOD_DEFAULTS["mae"], "method": "mae", "learning_rate": 1e-3},
-                          version=None, queue_size=None, bn_splits=None, backbone="vit_tiny_patch16_224",
-                          backbone_kwargs={"patch_size": 8, "depth": 1}, decoder_embed_dim=32, decoder_depth=1,
-                          decoder_num_heads=4, max_steps=1))
+    run_pretrain(tiny_run(out, cifar10, method="mae", max_steps=1))
     cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model", str(out), "--dataset", cifar10,
            "--protocol", "knn", "linear", "--feature_pool", "mean", "--knn_train_samples", "256",
            "--knn_test_samples", "128", "--linear_epochs", "3", "--num_workers", "0"]

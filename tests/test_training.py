@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, run_pretrain, tiny_run, two_process_launch
-from hf_mixssl.arguments import parse_args
-from hf_mixssl.training import NonFiniteLossError, learning_rate_at, list_checkpoints
+from hf_mixssl.train.arguments import parse_args
+from hf_mixssl.train.loop import NonFiniteLossError, learning_rate_at, list_checkpoints
 
 
 def weights(run_dir: Path) -> dict:
@@ -58,8 +58,7 @@ class TestMixupRun:
         from transformers import AutoModelForImageClassification
 
         out = tmp_path / "mix"
-        result = run_pretrain(tiny_run(out, cifar10, method="mixup", version=None, views="classify", queue_size=None,
-                                       bn_splits=None, mix_modes=["mixup", "cutmix", "manifoldmix"],
+        result = run_pretrain(tiny_run(out, cifar10, method="mixup", mix_modes=["mixup", "cutmix", "manifoldmix"],
                                        mix_alpha=[1.0], knn_test_samples=128, knn_every=2, max_steps=4,
                                        image_every=0))
         assert 0.0 <= result["top1"] <= 1.0 and result["eval_samples"] == 128
@@ -74,8 +73,7 @@ class TestMixupRun:
 
     def test_automix_run_reports_top1_with_mixblock_lr_group(self, tmp_path, cifar10):
         out = tmp_path / "automix"
-        result = run_pretrain(tiny_run(out, cifar10, method="automix", version=None, views="classify",
-                                       queue_size=None, bn_splits=None, momentum=0.999, mixblock_stage=3,
+        result = run_pretrain(tiny_run(out, cifar10, method="automix", momentum=0.999, mixblock_stage=3,
                                        mixblock_lr_scale=0.5, knn_test_samples=64, max_steps=3, knn_every=0,
                                        image_every=2,
                                        checkpointing_steps=3))
@@ -95,7 +93,7 @@ class TestMixupRun:
 
     def test_moco_field_rejected_for_mixup(self, tmp_path, cifar10):
         with pytest.raises(ValueError, match="queue_size"):
-            run_pretrain(tiny_run(tmp_path, cifar10, method="mixup", version=None, views="classify", bn_splits=None))
+            run_pretrain(tiny_run(tmp_path, cifar10, method="mixup", queue_size=64))
 
 
 class TestMAERun:
@@ -105,14 +103,9 @@ class TestMAERun:
         from transformers import AutoModel
 
         import hf_mixssl  # noqa: F401
-        from hf_mixssl.presets import METHOD_DEFAULTS
-
         out = tmp_path / "mae"
         result = run_pretrain(tiny_run(
-            out, cifar10, **{**METHOD_DEFAULTS["mae"], "method": "mae", "learning_rate": 1e-3, "scale_lr": False},
-            version=None, queue_size=None, bn_splits=None,
-            backbone="vit_tiny_patch16_224", backbone_kwargs={"patch_size": 8, "depth": 1}, decoder_embed_dim=32,
-            decoder_depth=1, decoder_num_heads=4, max_steps=3, image_every=2, knn_every=0, knn_train_samples=128,
+            out, cifar10, method="mae", max_steps=3, image_every=2, knn_every=0, knn_train_samples=128,
             knn_test_samples=64, warmup_steps=1))
         assert 0.0 <= result["knn_top1"] <= 1.0
         logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -126,31 +119,28 @@ class TestMAERun:
         assert encoder.patch_embed.patch_size == (8, 8) and encoder.num_classes == 0
 
         # fine-tune the MAE encoder with the mixup classifier: architecture, kwargs and weights come from the run
-        from hf_mixssl.arguments import resolve
-        from hf_mixssl.training import build_model
+        from hf_mixssl.train.arguments import resolve
+        from hf_mixssl.train.loop import build_model
 
-        ft = tiny_run(tmp_path / "ft", cifar10, method="mixup", version=None, views="classify", queue_size=None,
-                      bn_splits=None, backbone=None, image_size=None, init_backbone=str(out), num_labels=10)
-        classifier = build_model(*resolve(ft))
+        ft = tiny_run(tmp_path / "ft", cifar10, method="mixup", backbone=None, image_size=None, init_backbone=str(out),
+                      num_labels=10)
+        classifier = build_model(resolve(ft))
         assert classifier.config.backbone == "vit_tiny_patch16_224" and classifier.config.image_size == 32
         mae_encoder = AutoModel.from_pretrained(out).encoder.state_dict()
         assert all(torch.equal(v, mae_encoder[k]) for k, v in classifier.backbone.state_dict().items())
         result = run_pretrain({**ft, "max_steps": 2, "knn_every": 0, "knn_test_samples": 32})
         assert 0.0 <= result["top1"] <= 1.0
         with pytest.raises(ValueError, match="init_backbone applies to method 'mixup'"):
-            build_model(*resolve({**ft, "method": "mae", "views": "mae", "num_labels": None}))
+            build_model(resolve({**ft, "method": "mae", "views": "mae", "num_labels": None}))
         with pytest.raises(ValueError, match="neither an exported timm encoder"):
-            build_model(*resolve({**ft, "init_backbone": str(tmp_path)}))
+            build_model(resolve({**ft, "init_backbone": str(tmp_path)}))
 
 
 class TestEMPSSLRun:
     def test_emp_ssl_run_with_lars_and_bag_of_features(self, tmp_path, cifar10):
-        from hf_mixssl.presets import METHOD_DEFAULTS
-
         out = tmp_path / "emp"
         result = run_pretrain(tiny_run(
-            out, cifar10, **{**METHOD_DEFAULTS["emp_ssl"], "method": "emp_ssl"}, version=None, queue_size=None,
-            bn_splits=None, num_patches=4, eval_patches=2, hidden_dim=64, z_dim=32, max_steps=3, knn_every=0,
+            out, cifar10, method="emp_ssl", num_patches=4, eval_patches=2, hidden_dim=64, z_dim=32, max_steps=3, knn_every=0,
             knn_train_samples=64, knn_test_samples=32, checkpointing_steps=3, image_every=0, image_size=32))
         assert 0.0 <= result["knn_top1"] <= 1.0
         logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -210,7 +200,7 @@ class TestFailures:
             run_pretrain(tiny_run(tmp_path, cifar10, per_device_batch_size=0))
         with pytest.raises(ValueError, match="tau"):
             run_pretrain(tiny_run(tmp_path, cifar10, tau=-1.0))
-        with pytest.raises(ValueError, match="unknown argument"):
+        with pytest.raises(ValueError, match="not valid for method .moco_v2.: lerning_rate"):
             run_pretrain(tiny_run(tmp_path, cifar10, lerning_rate=0.1))
 
 
@@ -279,14 +269,14 @@ class TestSignals:
 
 class TestMomentumAndAccumulation:
     def test_key_encoder_moves_once_per_optimizer_step(self, tmp_path, cifar10):
-        from hf_mixssl.arguments import resolve
-        from hf_mixssl.training import build_model
+        from hf_mixssl.train.arguments import resolve
+        from hf_mixssl.train.loop import build_model
 
         values = tiny_run(tmp_path / "acc", cifar10, max_steps=1, gradient_accumulation_steps=3, momentum=0.5,
                           bn_splits=1)
-        args, extra = resolve(values)
+        args = resolve(values)
         torch.manual_seed(args.seed)
-        initial = build_model(args, extra).state_dict()
+        initial = build_model(args).state_dict()
         run_pretrain(values)
         final = weights(tmp_path / "acc")
         for name, q0 in initial.items():
@@ -343,11 +333,11 @@ class TestArguments:
     def test_precedence_preset_file_cli(self, tmp_path):
         cfg = tmp_path / "run.yaml"
         cfg.write_text("learning_rate: 0.5\nper_device_batch_size: 64\nmax_steps: 7\n")
-        args, extra = parse_args(["--preset", "moco_v2_cifar", "--config", str(cfg), "--per_device_batch_size", "32"])
-        assert args.method == "moco_v2" and args.queue_size == 4096 and args.bn_splits == 8  # preset
+        args = parse_args(["--preset", "moco_v2_cifar", "--config", str(cfg), "--per_device_batch_size", "32"])
+        assert args.method == "moco_v2" and args.model_settings["queue_size"] == 4096  # preset
+        assert args.model_settings["bn_splits"] == 8
         assert args.learning_rate == 0.5 and args.max_steps == 7  # file over preset
         assert args.per_device_batch_size == 32  # CLI over file
-        assert extra["version"] == 2
 
     def test_bad_config_file(self, tmp_path):
         with pytest.raises(ValueError, match="does not exist"):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_mixssl import MoCoConfig, MoCoModel
-from hf_mixssl.backbones import pooled_features
+from hf_mixssl.models.backbones import pooled_features
 
 
 def model(version=2, symmetric=False, **kw):
@@ -78,7 +78,7 @@ def test_flipped_features_equal_a_second_forward():
     with torch.no_grad():
         q_second = F.normalize(m._query(mixed.flip(0)), dim=1)  # a real forward of the reversed mixed batch
         k = F.normalize(m._key(x2, shuffle=False), dim=1)
-        from hf_mixssl.losses import info_nce_queue
+        from hf_mixssl.models.losses import info_nce_queue
 
         expected = 0.4 * info_nce_queue(q_second, k, m.queue.queue, tau=m.config.tau)
     assert out.loss_mix_reverse.item() == pytest.approx(expected.item(), rel=1e-5)

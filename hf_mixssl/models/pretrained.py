@@ -5,10 +5,21 @@ Only torch and transformers are imported, so the file travels with the weights (
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
+
+
+def single_view(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Images ``[B, C, H, W]`` from ``[B, C, H, W]`` or the first view of ``[B, V, C, H, W]``; else ``ValueError``."""
+    if pixel_values.ndim == 5:
+        pixel_values = pixel_values[:, 0]
+    if pixel_values.ndim != 4:
+        raise ValueError(f"expected pixel_values [B, C, H, W] (or views [B, V, C, H, W]), got shape "
+                         f"{tuple(pixel_values.shape)}")
+    return pixel_values
 
 
 def init_non_persistent(module: nn.Module) -> None:
@@ -36,7 +47,8 @@ def record_auto_classes(config, model_cls: type, auto_classes: Iterable[str]) ->
 
 
 class VisionPreTrainedModel(PreTrainedModel):
-    """Image-input base: keeps timm's init, and keeps frozen parameters frozen through ``from_pretrained``.
+    """Image-input base: keeps timm's init, keeps frozen parameters frozen through ``from_pretrained``, and
+    defines the hooks the training loop calls on every method (a method overrides the ones it needs).
 
     transformers 5 re-wraps every loaded tensor as ``nn.Parameter(requires_grad=True)``, which would un-freeze
     momentum encoders and MAE's fixed position embeddings in a loaded model (and let an optimizer train them
@@ -45,6 +57,28 @@ class VisionPreTrainedModel(PreTrainedModel):
 
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # Methods whose parts learn from different losses (AutoMix) ask DDP to tolerate unused parameters.
+    ddp_find_unused_parameters = False
+
+    # ------------------------------------------------------------------ hooks of the training loop (defaults)
+    def update_momentum(self, progress: float) -> float | None:
+        """Move momentum parts after a real optimizer step at training ``progress`` in [0, 1]; returns the
+        coefficient used, or ``None`` for a method without momentum parts."""
+        return None
+
+    def optimizer_param_groups(self) -> nn.Module | list[dict]:
+        """What the optimizer trains: the whole model (timm groups it for weight decay and ``no_weight_decay()``),
+        or a method's own parameter groups (an optional ``lr_scale`` per group)."""
+        return self
+
+    def pictures(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``{name: [3, H, W] grid in [0, 1]}`` showing what the method does to these images (none by default)."""
+        return {}
+
+    def extra_classifiers(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Logits functions evaluated beside the model's own top-1, keyed by metric name (AutoMix's online
+        encoder); none by default."""
+        return {}
 
     def _init_weights(self, module: nn.Module) -> None:
         init_non_persistent(module)

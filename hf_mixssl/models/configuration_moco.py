@@ -46,7 +46,8 @@ class MoCoConfig(PretrainedConfig):
         unmix_global_prob (`float`, defaults to 0.5): probability P of a global mixup (else a CutMix region).
         unmix_beta (`float`, defaults to 1.0): ``lam ~ Beta(beta, beta)``.
         image_size (`int`, defaults to 224): training resolution (recorded for evaluation and export).
-        image_mean / image_std (`list[float]`): normalisation used in training.
+        image_mean (`list[float]`, *optional*): normalisation mean used in training (default: ImageNet's).
+        image_std (`list[float]`, *optional*): normalisation std used in training (default: ImageNet's).
     """
 
     model_type = "hf_mixssl_moco"

@@ -19,9 +19,13 @@ class MAEConfig(PretrainedConfig):
             absolute position embedding); its ``pos_embed`` is replaced by fixed 2-D sin-cos values.
         backbone_kwargs (`dict`, *optional*): extra ``timm.create_model`` arguments, e.g. ``{"patch_size": 4}``;
             ``img_size`` is always ``image_size``.
-        image_size (`int`, defaults to 224), image_mean / image_std: input resolution and normalisation.
+        image_size (`int`, defaults to 224): input resolution.
+        image_mean (`list[float]`, *optional*): normalisation mean used in training (default: ImageNet's).
+        image_std (`list[float]`, *optional*): normalisation std used in training (default: ImageNet's).
         mask_ratio (`float`, defaults to 0.75): fraction of patches removed per sample.
-        decoder_embed_dim / decoder_depth / decoder_num_heads (`int`, defaults to 512 / 8 / 16): the decoder.
+        decoder_embed_dim (`int`, defaults to 512): decoder width.
+        decoder_depth (`int`, defaults to 8): decoder Transformer blocks.
+        decoder_num_heads (`int`, defaults to 16): decoder attention heads.
         decoder_mlp_ratio (`float`, defaults to 4.0): decoder MLP width / embed dim.
         norm_pix_loss (`bool`, defaults to `True`): targets are per-patch normalised pixels (the paper's best).
         feature_pool (`str`, defaults to `"cls"`): features for kNN / linear probes: the class token (``"cls"``)

@@ -1,4 +1,4 @@
-"""Model cards: one template per method in ``model_cards/``, rendered with ``huggingface_hub.ModelCard`` from a run
+"""Model cards: one template per method in ``sharing/templates/`` (package data), rendered with ``huggingface_hub.ModelCard`` from a run
 directory's real files (``config.json``, ``training_args.json``, ``eval_results.json``).
 
 Nothing is a placeholder: every number comes from the run (results, parameter count, GMACs measured with
@@ -13,58 +13,13 @@ from typing import Any
 
 import torch
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
-TEMPLATE_OF = {"hf_mixssl_moco": "moco", "hf_mixssl_mixup": "mixup", "hf_mixssl_automix": "automix",
-               "hf_mixssl_mae": "mae", "hf_mixssl_emp_ssl": "emp_ssl"}
+from ..methods import method_of_config
 
-PAPERS: dict[str, dict[str, str]] = {
-    "moco_v1": {
-        "name": "MoCo v1", "title": "Momentum Contrast for Unsupervised Visual Representation Learning",
-        "url": "https://arxiv.org/abs/1911.05722", "repo": "https://github.com/facebookresearch/moco",
-        "bibtex": "@inproceedings{he2020momentum,\n  title={Momentum Contrast for Unsupervised Visual Representation "
-                  "Learning},\n  author={He, Kaiming and Fan, Haoqi and Wu, Yuxin and Xie, Saining and Girshick, "
-                  "Ross},\n  booktitle={CVPR},\n  year={2020}\n}"},
-    "moco_v2": {
-        "name": "MoCo v2", "title": "Improved Baselines with Momentum Contrastive Learning",
-        "url": "https://arxiv.org/abs/2003.04297", "repo": "https://github.com/facebookresearch/moco",
-        "bibtex": "@article{chen2020improved,\n  title={Improved Baselines with Momentum Contrastive Learning},\n  "
-                  "author={Chen, Xinlei and Fan, Haoqi and Girshick, Ross and He, Kaiming},\n  "
-                  "journal={arXiv preprint arXiv:2003.04297},\n  year={2020}\n}"},
-    "moco_v3": {
-        "name": "MoCo v3", "title": "An Empirical Study of Training Self-Supervised Vision Transformers",
-        "url": "https://arxiv.org/abs/2104.02057", "repo": "https://github.com/facebookresearch/moco-v3",
-        "bibtex": "@inproceedings{chen2021empirical,\n  title={An Empirical Study of Training Self-Supervised Vision "
-                  "Transformers},\n  author={Chen, Xinlei and Xie, Saining and He, Kaiming},\n  booktitle={ICCV},\n"
-                  "  year={2021}\n}"},
-    "unmix": {
-        "bibtex": "@inproceedings{shen2022unmix,\n  title={Un-Mix: Rethinking Image Mixtures for Unsupervised Visual "
-                  "Representation Learning},\n  author={Shen, Zhiqiang and Liu, Zechun and Liu, Zhuang and Savvides, "
-                  "Marios and Darrell, Trevor and Xing, Eric},\n  booktitle={AAAI},\n  year={2022}\n}"},
-    "mixup": {
-        "name": "Mixup family", "title": "mixup: Beyond Empirical Risk Minimization",
-        "url": "https://arxiv.org/abs/1710.09412", "repo": "https://github.com/Westlake-AI/openmixup",
-        "bibtex": "@inproceedings{zhang2018mixup,\n  title={mixup: Beyond Empirical Risk Minimization},\n  author={Zhang, "
-                  "Hongyi and Cisse, Moustapha and Dauphin, Yann N. and Lopez-Paz, David},\n  booktitle={ICLR},\n  "
-                  "year={2018}\n}"},
-    "automix": {
-        "name": "AutoMix", "title": "AutoMix: Unveiling the Power of Mixup for Stronger Classifiers",
-        "url": "https://arxiv.org/abs/2103.13027", "repo": "https://github.com/Westlake-AI/openmixup",
-        "bibtex": "@inproceedings{liu2022automix,\n  title={AutoMix: Unveiling the Power of Mixup for Stronger "
-                  "Classifiers},\n  author={Liu, Zicheng and Li, Siyuan and Wu, Di and Liu, Zihan and Chen, Zhiyuan "
-                  "and Wu, Lirong and Li, Stan Z.},\n  booktitle={ECCV},\n  year={2022}\n}"},
-    "mae": {
-        "name": "MAE", "title": "Masked Autoencoders Are Scalable Vision Learners",
-        "url": "https://arxiv.org/abs/2111.06377", "repo": "https://github.com/facebookresearch/mae",
-        "bibtex": "@inproceedings{he2022masked,\n  title={Masked Autoencoders Are Scalable Vision Learners},\n  "
-                  "author={He, Kaiming and Chen, Xinlei and Xie, Saining and Li, Yanghao and Doll{\\'a}r, Piotr and "
-                  "Girshick, Ross},\n  booktitle={CVPR},\n  year={2022}\n}"},
-    "emp_ssl": {
-        "name": "EMP-SSL", "title": "EMP-SSL: Towards Self-Supervised Learning in One Training Epoch",
-        "url": "https://arxiv.org/abs/2304.03977", "repo": "https://github.com/tsb0601/EMP-SSL",
-        "bibtex": "@article{tong2023empssl,\n  title={EMP-SSL: Towards Self-Supervised Learning in One Training "
-                  "Epoch},\n  author={Tong, Shengbang and Chen, Yubei and Ma, Yi and LeCun, Yann},\n  "
-                  "journal={arXiv preprint arXiv:2304.03977},\n  year={2023}\n}"},
-}
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+UNMIX_BIBTEX = (
+    "@inproceedings{shen2022unmix,\n  title={Un-Mix: Rethinking Image Mixtures for Unsupervised Visual "
+    "Representation Learning},\n  author={Shen, Zhiqiang and Liu, Zechun and Liu, Zhuang and Savvides, "
+    "Marios and Darrell, Trevor and Xing, Eric},\n  booktitle={AAAI},\n  year={2022}\n}")
 
 # eval_results.json scores -> metric names. Protocol scores may carry the feature choice as a prefix
 # (backbone_knn_top1, cls_linear_top1); a classifier's own scores are exact keys.
@@ -79,14 +34,6 @@ _CLASSIFIER_METRICS = {"top1": "top-1", "top1_online": "top-1 of the online enco
 _RECIPE_KEYS = ("method", "preset", "dataset", "per_device_batch_size", "gradient_accumulation_steps", "num_epochs",
                 "max_steps", "optimizer", "learning_rate", "scale_lr", "weight_decay", "lr_schedule", "warmup_epochs",
                 "warmup_steps", "views", "seed")
-
-
-def method_key(config: dict[str, Any], args: dict[str, Any]) -> str:
-    """The PAPERS key of a run: the MoCo version, else the template name."""
-    template = TEMPLATE_OF.get(config.get("model_type", ""))
-    if template is None:
-        raise ValueError(f"config.json model_type {config.get('model_type')!r} is not an hf_mixssl model")
-    return f"moco_v{config.get('version', 2)}" if template == "moco" else template
 
 
 def _dataset_name(dataset: str) -> str:
@@ -137,11 +84,11 @@ def render_model_card(run_dir: str | Path, *, repo_id: str | None = None, model=
     args_path, evals_path = run / "training_args.json", run / "eval_results.json"
     args = json.loads(args_path.read_text()) if args_path.is_file() else {}
     evals = json.loads(evals_path.read_text()) if evals_path.is_file() else {}
-    key = method_key(config, args)
-    template = TEMPLATES / f"{TEMPLATE_OF[config['model_type']]}.md"
+    method = method_of_config(config)
+    key, paper = method.name, method.paper
+    template = TEMPLATES / f"{method.card_template}.md"
     if not template.is_file():
-        raise ValueError(f"model card template {template} is missing (model_cards/ ships with the repository)")
-    paper = PAPERS[key]
+        raise ValueError(f"model card template {template} of method {key!r} is missing from the installed package")
     if model is None:
         import hf_mixssl  # noqa: F401  (registers the Auto classes)
         from transformers import AutoModel
@@ -167,11 +114,11 @@ def render_model_card(run_dir: str | Path, *, repo_id: str | None = None, model=
     tags = ["hf_mixssl", key.replace("_", "-"), "timm", "image-feature-extraction"]
     if unmix:
         tags.append("un-mix")
-    if key in ("mixup", "automix"):
+    if method.supervised:
         tags.append("image-classification")
     card_data = ModelCardData(
         library_name="transformers", license="apache-2.0", tags=tags, datasets=[dataset_name],
-        metrics=["accuracy"], pipeline_tag=task if key in ("mixup", "automix") else "image-feature-extraction",
+        metrics=["accuracy"], pipeline_tag=task if method.supervised else "image-feature-extraction",
         model_name=name, eval_results=eval_results or None,
     )
     if metrics:
@@ -218,17 +165,11 @@ def render_model_card(run_dir: str | Path, *, repo_id: str | None = None, model=
     limitations = "" if has_encoder or not config.get("cifar_stem") else (
         "- The CIFAR-stem backbone cannot be rebuilt from timm's config, so no timm-format encoder is exported; "
         "use `get_encoder()` on the loaded model.")
+    # The template sees the model config's fields by name ({{ queue_size }}, {{ mask_ratio }}) and these.
     values = dict(
-        model_name=name, method_name=paper["name"], backbone=config["backbone"], dataset_name=dataset_name,
+        config, model_name=name, method_name=paper.name, backbone=config["backbone"], dataset_name=dataset_name,
         results_table=results_table, model_details=model_details, recipe=recipe, usage=usage, budget=budget,
-        limitations=limitations, paper_title=paper["title"], paper_url=paper["url"], official_repo=paper["repo"],
-        bibtex=paper["bibtex"] + ("\n\n" + PAPERS["unmix"]["bibtex"] if unmix else ""), unmix=unmix,
-        version=config.get("version", 2), queue_size=config.get("queue_size"),
-        mix_modes=", ".join(config.get("mix_modes", [])), mask_ratio=config.get("mask_ratio"),
-        visible_percent=round(100 * (1 - config.get("mask_ratio", 0.0))),
-        decoder=f"{config.get('decoder_embed_dim')}-d x {config.get('decoder_depth')} blocks x "
-                f"{config.get('decoder_num_heads')} heads", norm_pix_loss=config.get("norm_pix_loss"),
-        num_patches=config.get("num_patches"), invariance_weight=config.get("invariance_weight"),
-        tcr_eps=config.get("tcr_eps"), eval_patches=config.get("eval_patches"),
+        limitations=limitations, paper_title=paper.title, paper_url=paper.url, official_repo=paper.repo,
+        bibtex=paper.bibtex + ("\n\n" + UNMIX_BIBTEX if unmix else ""), unmix=unmix,
     )
     return ModelCard.from_template(card_data, template_path=str(template), **values)

@@ -25,7 +25,7 @@ from .backbones import create_backbone
 from .configuration_mae import MAEConfig
 from .masking import masked_mse_loss, patch_targets, random_masking, sincos_pos_embed_2d, unpatchify
 from .visualization import denormalize, image_grid
-from .pretrained import VisionPreTrainedModel
+from .pretrained import VisionPreTrainedModel, single_view
 
 
 @dataclass
@@ -163,10 +163,7 @@ class MAEModel(MAEPreTrainedModel):
 
         ``labels`` are accepted and ignored (self-supervised).
         """
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values[:, 0]
-        if pixel_values.ndim != 4:
-            raise ValueError(f"expected pixel_values [B, C, H, W], got shape {tuple(pixel_values.shape)}")
+        pixel_values = single_view(pixel_values)
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         latent, mask, ids_restore = self.forward_encoder(pixel_values, mask_ratio=ratio, noise=noise)
         pred = self.forward_decoder(latent, ids_restore)
@@ -178,8 +175,7 @@ class MAEModel(MAEPreTrainedModel):
     @torch.no_grad()
     def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Encoder features on all patches ``[B, D]``: the class token or the mean patch token (``feature_pool``)."""
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values[:, 0]
+        pixel_values = single_view(pixel_values)
         tokens = self.encoder.forward_features(pixel_values)
         if self.config.feature_pool == "mean":
             return tokens[:, self.encoder.num_prefix_tokens:].mean(dim=1)
@@ -211,8 +207,7 @@ class MAEModel(MAEPreTrainedModel):
     @torch.no_grad()
     def pictures(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Rows: originals, masked inputs (grey = removed), reconstructions, reconstructions + visible patches."""
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values[:, 0]
+        pixel_values = single_view(pixel_values)
         was_training = self.training
         self.eval()
         try:

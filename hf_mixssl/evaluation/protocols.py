@@ -153,8 +153,8 @@ class EvalData:
         return result
 
     def _run(self, model, fn: Callable[[torch.Tensor], torch.Tensor], split: str, limit: int | None):
-        from .data import ImageStream
-        from .transforms import eval_transform
+        from ..data.stream import ImageStream
+        from ..data.views import eval_transform
 
         config = model.config
         tf = eval_transform(size=config.image_size, mean=config.image_mean, std=config.image_std)
@@ -331,9 +331,9 @@ def finetune_evaluate(
 
     from tqdm.auto import tqdm
 
-    from .backbones import pooled_features
-    from .data import ImageStream, count_classes, count_rows
-    from .transforms import view_transform
+    from ..models.backbones import pooled_features
+    from ..data.stream import ImageStream, count_classes, count_rows
+    from ..data.views import view_transform
 
     if epochs <= 0 or batch_size <= 0 or lr <= 0:
         raise ValueError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {lr}")

@@ -35,7 +35,9 @@ class AutoMixConfig(PretrainedConfig):
         momentum_final (`float`, defaults to 0.999999): EMA coefficient at the end (CIFAR; 0.99999 on ImageNet).
         momentum_start (`float`, defaults to 0.1): fraction of training before the cosine increase starts.
         mixblock_lr_scale (`float`, defaults to 1.0): MixBlock learning rate relative to the backbone's.
-        image_size (`int`, defaults to 224), image_mean / image_std: recorded preprocessing.
+        image_size (`int`, defaults to 224): training resolution (recorded for evaluation and export).
+        image_mean (`list[float]`, *optional*): normalisation mean used in training (default: ImageNet's).
+        image_std (`list[float]`, *optional*): normalisation std used in training (default: ImageNet's).
     """
 
     model_type = "hf_mixssl_automix"

@@ -9,6 +9,8 @@ from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The settings every config shares (set by set_backbone_fields).
+BACKBONE_FIELDS = ("backbone", "backbone_kwargs", "cifar_stem", "image_size", "image_mean", "image_std")
 
 
 def set_backbone_fields(

@@ -18,7 +18,7 @@ from .configuration_mixup import MixupClassifierConfig
 from .losses import mixed_cross_entropy
 from .visualization import denormalize, image_grid
 from .mixing import MixResult, cutmix, fmix, gridmix, mixup, resizemix, saliencymix, sample_lam, smoothmix
-from .pretrained import VisionPreTrainedModel, record_auto_classes
+from .pretrained import VisionPreTrainedModel, record_auto_classes, single_view
 
 
 @dataclass
@@ -65,8 +65,7 @@ class MixupForImageClassification(MixupPreTrainedModel):
     @torch.no_grad()
     def pictures(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per input-space policy: a grid of images, partners and mixed images (``pixel_values: [n, C, H, W]``)."""
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values[:, 0]
+        pixel_values = single_view(pixel_values)
         mean, std = self.config.image_mean, self.config.image_std
         perm = torch.randperm(pixel_values.shape[0]).to(pixel_values.device)
         out = {}
@@ -145,10 +144,7 @@ class MixupForImageClassification(MixupPreTrainedModel):
 
         ``mix_mode`` / ``lam`` / ``perm`` fix the otherwise random policy, ratio and partners.
         """
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values[:, 0]
-        if pixel_values.ndim != 4:
-            raise ValueError(f"expected pixel_values [B, C, H, W], got shape {tuple(pixel_values.shape)}")
+        pixel_values = single_view(pixel_values)
         smoothing = self.config.label_smoothing
         if not (self.training and labels is not None):
             logits = self._logits(pixel_values)

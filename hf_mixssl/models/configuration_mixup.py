@@ -31,7 +31,9 @@ class MixupClassifierConfig(PretrainedConfig):
         manifoldmix_stages (`list[int]`, defaults to `[0, 1, 2]`): indices into the backbone's
             ``feature_info`` at which ManifoldMix may mix hidden features.
         label_smoothing (`float`, defaults to 0.0): label smoothing of the cross-entropy.
-        image_size (`int`, defaults to 224), image_mean / image_std: recorded preprocessing.
+        image_size (`int`, defaults to 224): training resolution (recorded for evaluation and export).
+        image_mean (`list[float]`, *optional*): normalisation mean used in training (default: ImageNet's).
+        image_std (`list[float]`, *optional*): normalisation std used in training (default: ImageNet's).
     """
 
     model_type = "hf_mixssl_mixup"

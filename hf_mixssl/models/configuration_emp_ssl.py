@@ -16,18 +16,23 @@ class EMPSSLConfig(PretrainedConfig):
     r"""Configuration of :class:`EMPSSLModel`.
 
     Args:
-        backbone (`str`, defaults to `"resnet18"`), backbone_kwargs, cifar_stem (`bool`, defaults to `True`): the
-            timm encoder (the paper: ResNet-18 with the CIFAR stem).
+        backbone (`str`, defaults to `"resnet18"`): the timm encoder (the paper: ResNet-18 with the CIFAR stem).
+        backbone_kwargs (`dict`, *optional*): extra ``timm.create_model`` arguments.
+        cifar_stem (`bool`, defaults to `True`): 3x3 stride-1 ResNet stem without max-pool.
         image_size (`int`, defaults to 32): patch resolution (patches are resized to it).
-        image_mean / image_std (default 0.5 / 0.5, the official normalisation): inputs are normalised images,
-            like every model's; the patch generator works on the de-normalised [0, 1] images and normalises each
-            patch the same way, so the encoder always sees this normalisation.
-        hidden_dim (`int`, defaults to 4096), z_dim (`int`, defaults to 1024): ``backbone -> Linear(hidden) BN ReLU``
-            (the "pre-feature") ``-> Linear(hidden) BN ReLU -> Linear(z_dim) -> L2 norm``.
+        image_mean (`list[float]`, defaults to 0.5 per channel, the official normalisation): inputs are
+            normalised images, like every model's; the patch generator works on the de-normalised [0, 1] images
+            and normalises each patch the same way, so the encoder always sees this normalisation.
+        image_std (`list[float]`, defaults to 0.5 per channel): the std of that normalisation.
+        hidden_dim (`int`, defaults to 4096): width of the pre-feature and the projector's hidden layer:
+            ``backbone -> Linear(hidden) BN ReLU`` (the "pre-feature") ``-> Linear(hidden) BN ReLU -> Linear(z_dim)
+            -> L2 norm``.
+        z_dim (`int`, defaults to 1024): embedding dimension (the projector's output).
         num_patches (`int`, defaults to 20): augmented patches per image per step.
         crop_scale (`float`, defaults to 0.25): patch area as a fraction of the image.
         tcr_eps (`float`, defaults to 0.2): the coding-rate precision ``eps``.
-        invariance_weight (`float`, defaults to 200.0), tcr_weight (`float`, defaults to 1.0): loss weights.
+        invariance_weight (`float`, defaults to 200.0): weight of the invariance term.
+        tcr_weight (`float`, defaults to 1.0): weight of the TCR term.
         eval_patches (`int`, defaults to 128): bag-of-features size of :meth:`EMPSSLModel.extract_features`
             (features averaged over this many augmented patches; 0 = the whole image once).
         eval_features (`str`, defaults to `"pre_feature"`): ``"pre_feature"`` (the ``hidden_dim`` features after

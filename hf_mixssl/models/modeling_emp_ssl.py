@@ -24,8 +24,8 @@ from .distributed import gather_with_grad, world_size
 from .heads import build_mlp
 from .losses import emp_ssl_terms
 from .multipatch import MultiPatchViews
-from .pretrained import VisionPreTrainedModel
-from .visualization import image_grid
+from .pretrained import VisionPreTrainedModel, single_view
+from .visualization import denormalize, image_grid
 
 EVAL_SEED = 0  # bag-of-features patches come from a private generator: evaluation never moves training's RNG
 
@@ -72,22 +72,12 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
 
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images -> [0, 1] (what the patch generator augments)."""
-        mean = torch.tensor(self.config.image_mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.config.image_std, device=x.device).view(1, -1, 1, 1)
-        return (x.float() * std + mean).clamp(0, 1)
+        return denormalize(x.float(), self.config.image_mean, self.config.image_std)
 
     def _features(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[N, C, S, S]`` normalised patches -> ``(backbone [N, D], pre-feature [N, hidden])``."""
         h = pooled_features(self.backbone, patches)
         return h, self.pre_feature(h)
-
-    @staticmethod
-    def _images(pixel_values: torch.Tensor) -> torch.Tensor:
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values[:, 0]
-        if pixel_values.ndim != 4:
-            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(pixel_values.shape)}")
-        return pixel_values
 
     def forward(
         self,
@@ -99,7 +89,7 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
     ) -> EMPSSLOutput:
         """``pixel_values: [B, C, H, W]`` (or ``[B, 1, C, H, W]``), normalised with ``image_mean/std``;
         ``patches [n*B, C, S, S]`` (patch-major, normalised) replaces the random ones. ``labels`` are ignored."""
-        x = self._images(pixel_values)
+        x = single_view(pixel_values)
         cfg, b = self.config, x.shape[0]
         if patches is None:
             patches = self.views(cfg.num_patches)(self._unit(x))
@@ -117,7 +107,7 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
     def extract_features(self, pixel_values: torch.Tensor, *, num_patches: int | None = None) -> torch.Tensor:
         """Bag-of-features: ``eval_features`` averaged over ``num_patches`` (default ``eval_patches``) augmented
         patches per image -> ``[B, D]``; with 0 patches, the features of the whole image."""
-        x = self._images(pixel_values)
+        x = single_view(pixel_values)
         cfg = self.config
         n = cfg.eval_patches if num_patches is None else num_patches
         pick = 0 if cfg.eval_features == "backbone" else 1
@@ -143,7 +133,7 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
     @torch.no_grad()
     def pictures(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Rows: the images, then up to 4 of their augmented patches (de-normalised)."""
-        x = self._unit(self._images(pixel_values))
+        x = self._unit(single_view(pixel_values))
         n = min(4, self.config.num_patches)
         patches = self._unit(self.views(n)(x))
         patches = patches.view(n, x.shape[0], *patches.shape[1:])

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from .config_fields import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
+from ..models.config_fields import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 

@@ -1,35 +1,18 @@
 """Official recipes as presets: ``--preset NAME`` sets these values as defaults (CLI flags still win).
 
+A method's own defaults (applied below any preset) live in its registry entry (``hf_mixssl.methods``).
+
 Values are read from the official code and papers (METHODS.md). Learning rates marked ``scale_lr`` are
 base rates multiplied by ``global_batch / 256`` (MoCo v3, MAE convention).
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
-from .transforms import CIFAR10_MEAN, CIFAR10_STD
-
-# Per-method defaults that differ from the config class defaults (applied before any preset).
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "moco_v1": {"version": 1, "proj_num_layers": 1, "tau": 0.07, "views": "moco_v1"},
-    "moco_v2": {"version": 2, "proj_num_layers": 2, "tau": 0.2, "views": "moco_v2"},
-    "moco_v3": {
-        "version": 3, "proj_num_layers": 2, "proj_hidden_dim": 4096, "proj_dim": 256, "tau": 1.0,
-        "momentum": 0.99, "momentum_schedule": "cosine", "views": "moco_v3", "sync_bn": True,
-    },
-    "mixup": {"views": "classify", "mix_modes": ["mixup"], "mix_alpha": [1.0]},
-    "automix": {"views": "classify"},
-    # MAE's optimiser (main_pretrain.py): AdamW (0.9, 0.95), blr 1.5e-4 x B/256, wd 0.05 except biases, norms
-    # and tokens, warmup + cosine.
-    # EMP-SSL (main.py): LARS(eta 0.005, clipped, no adaptation of biases/norms) around Nesterov SGD lr 0.3
-    # wd 1e-4, per-step cosine without warmup.
-    "emp_ssl": {"views": "emp_ssl", "optimizer": "lars", "nesterov": True, "lars_trust_coeff": 0.005,
-                "lars_trust_clip": True, "exclude_bias_norm_wd": True, "learning_rate": 0.3, "weight_decay": 1e-4,
-                "sgd_momentum": 0.9, "lr_schedule": "cosine", "warmup_steps": 0},
-    "mae": {"views": "mae", "optimizer": "adamw", "adam_betas": [0.9, 0.95], "learning_rate": 1.5e-4,
-            "scale_lr": True, "weight_decay": 0.05, "exclude_bias_norm_wd": True, "lr_schedule": "cosine"},
-}
+from ..data.views import CIFAR10_MEAN, CIFAR10_STD
+from ..methods import get_method
 
 _MOCO_IMAGENET = {
     "backbone": "resnet50", "image_size": 224, "per_device_batch_size": 256, "optimizer": "sgd",
@@ -134,20 +117,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def resolve_defaults(method: str | None, preset: str | None) -> dict[str, Any]:
-    """Method defaults overlaid by the preset's values (the preset may name the method)."""
-    values: dict[str, Any] = {}
+    """The method's registry defaults overlaid by the preset's values (the preset may name the method)."""
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        preset_values = PRESETS[preset]
-        if method is not None and method != preset_values["method"]:
-            raise ValueError(f"preset {preset!r} is for method {preset_values['method']!r}, not {method!r}")
-        method = preset_values["method"]
+            close = difflib.get_close_matches(preset, list(PRESETS), n=3)
+            hint = f"; did you mean {' or '.join(close)}?" if close else f"; choose one of {sorted(PRESETS)}"
+            raise ValueError(f"unknown preset {preset!r}{hint}")
+        preset_method = PRESETS[preset]["method"]
+        if method is not None and method != preset_method:
+            raise ValueError(f"preset {preset!r} is for method {preset_method!r}, not {method!r}")
+        method = preset_method
     if method is None:
         raise ValueError("set --method or --preset")
-    if method not in METHOD_DEFAULTS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_DEFAULTS)}")
-    values.update(METHOD_DEFAULTS[method])
+    values = dict(get_method(method).defaults)
     if preset is not None:
         values.update(PRESETS[preset])
     values["method"] = method

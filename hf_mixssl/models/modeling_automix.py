@@ -30,7 +30,7 @@ from .losses import mixed_cross_entropy
 from .mixing import sample_lam
 from .momentum import make_momentum_copy, momentum_schedule, update_momentum
 from .visualization import denormalize, image_grid
-from .pretrained import VisionPreTrainedModel, record_auto_classes
+from .pretrained import VisionPreTrainedModel, record_auto_classes, single_view
 
 
 @dataclass
@@ -161,6 +161,10 @@ class AutoMixModel(AutoMixPreTrainedModel):
         """Logits of the online encoder and its clean head, ``[B, num_labels]`` (inference uses the momentum one)."""
         return self.head_one(pooled_features(self.backbone, pixel_values))
 
+    def extra_classifiers(self) -> dict:
+        """The online encoder beside the momentum one: it leads early in training."""
+        return {"top1_online": self.online_logits}
+
     def get_encoder(self) -> nn.Module:
         """The momentum encoder's timm backbone (AutoMix's inference network)."""
         return self.backbone_k
@@ -175,8 +179,7 @@ class AutoMixModel(AutoMixPreTrainedModel):
     @torch.no_grad()
     def pictures(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Images, partners, the MixBlock's partner-share masks (white = partner) and the mixed images."""
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values[:, 0]
+        pixel_values = single_view(pixel_values)
         x = pixel_values
         perm = torch.randperm(x.shape[0]).to(x.device)
         mask = self.masks(x, lam=0.5, perm=perm)
@@ -200,10 +203,7 @@ class AutoMixModel(AutoMixPreTrainedModel):
 
         ``lam = (lam_mixblock, lam_backbone)`` and ``perm`` (same order) fix the random draws.
         """
-        if pixel_values.ndim == 5:
-            pixel_values = pixel_values[:, 0]
-        if pixel_values.ndim != 4:
-            raise ValueError(f"expected pixel_values [B, C, H, W], got shape {tuple(pixel_values.shape)}")
+        pixel_values = single_view(pixel_values)
         x = pixel_values
         logits_k = self.head_one_k(pooled_features(self.backbone_k, x)) if not self.training else None
         if not (self.training and labels is not None):

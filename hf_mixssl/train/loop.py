@@ -26,36 +26,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arguments import MODEL_FIELDS, PretrainArguments
-from .configuration_automix import AutoMixConfig
-from .configuration_emp_ssl import EMPSSLConfig
-from .configuration_mae import MAEConfig
-from .configuration_mixup import MixupClassifierConfig
-from .configuration_moco import MoCoConfig
-from .data import ImageStream, count_classes, count_rows
-from .cards import render_model_card
-from .hub import export_model_encoder, read_encoder_export
-from .evaluation import EvalData, accuracy_evaluate, knn_evaluate
-from .modeling_automix import AutoMixModel
-from .modeling_emp_ssl import EMPSSLModel
-from .modeling_mae import MAEModel
-from .modeling_mixup import MixupForImageClassification
-from .modeling_moco import MoCoModel
-from .transforms import view_transform
-from .visualization import save_pictures
+from ..data.stream import ImageStream, count_classes, count_rows
+from ..data.views import view_transform
+from ..evaluation.protocols import EvalData, accuracy_evaluate, knn_evaluate
+from ..methods import get_method
+from ..sharing.cards import render_model_card
+from ..sharing.hub import export_model_encoder, read_encoder_export
+from .arguments import PretrainArguments
+from .pictures import save_pictures
 
 logger = logging.getLogger("hf_mixssl")
 
-MODEL_CLASSES: dict[str, tuple[type, type]] = {
-    "moco_v1": (MoCoConfig, MoCoModel),
-    "moco_v2": (MoCoConfig, MoCoModel),
-    "moco_v3": (MoCoConfig, MoCoModel),
-    "mixup": (MixupClassifierConfig, MixupForImageClassification),
-    "automix": (AutoMixConfig, AutoMixModel),
-    "mae": (MAEConfig, MAEModel),
-    "emp_ssl": (EMPSSLConfig, EMPSSLModel),
-}
-SUPERVISED = ("mixup", "automix")
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -74,16 +55,10 @@ def learning_rate_at(step: int, *, total: int, warmup: int, peak: float, final: 
     return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def build_model(args: PretrainArguments, extra: dict[str, Any]) -> nn.Module:
-    """The method's model from the resolved arguments (``None`` fields keep the config defaults).
-
-    Setting a model field that the method's config does not have is an error naming the field.
-    """
-    import inspect
-
-    config_cls, model_cls = MODEL_CLASSES[args.method]
-    accepted = set(inspect.signature(config_cls.__init__).parameters)
-    values = {k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k) is not None}
+def build_model(args: PretrainArguments) -> nn.Module:
+    """The method's model from the resolved arguments (settings not given keep the config defaults)."""
+    method = get_method(args.method)
+    values = dict(args.model_settings)
     weights = None
     if args.init_backbone:
         if args.method != "mixup":
@@ -98,17 +73,10 @@ def build_model(args: PretrainArguments, extra: dict[str, Any]) -> nn.Module:
         for ours, theirs in (("image_mean", "mean"), ("image_std", "std")):
             if ours not in values and cfg.get(theirs):
                 values[ours] = list(cfg[theirs])
-    unused = sorted(k for k in values if k not in accepted)
-    if unused:
-        raise ValueError(f"{', '.join(unused)} do(es) not apply to method {args.method!r}")
-    if "version" in extra:
-        values["version"] = extra["version"]
-    if args.method in SUPERVISED and values.get("num_labels") is None:
+    if method.supervised and values.get("num_labels") is None:
         values["num_labels"] = count_classes(args.dataset, args.train_split, name=args.dataset_config,
                                              label_column=args.label_column)
-    if isinstance(values.get("mix_alpha"), list) and len(values["mix_alpha"]) == 1:
-        values["mix_alpha"] = values["mix_alpha"][0]
-    model = model_cls(config_cls(**values))
+    model = method.model_class(method.config_class(**method.fixed, **values))
     if weights is not None:
         from safetensors.torch import load_file
 
@@ -185,11 +153,12 @@ class _StopRequest:
 class Pretrainer:
     """Owns the accelerator, model, optimizer, data stream and checkpoints of one run."""
 
-    def __init__(self, args: PretrainArguments, extra: dict[str, Any]) -> None:
+    def __init__(self, args: PretrainArguments) -> None:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-        self.args, self.extra = args, extra
+        self.args = args
+        self.method = get_method(args.method)
         self.output_dir = Path(args.output_dir)
         self.trackers = _trackers(args.report_to)
         # mixed_precision is left to `accelerate launch --mixed_precision` / ACCELERATE_MIXED_PRECISION.
@@ -202,10 +171,8 @@ class Pretrainer:
         self._setup_logging()
         self._set_cpu_threads()
         set_seed(args.seed)
-        self.model = build_model(args, extra)
-        # Methods whose parts learn from different losses (AutoMix) ask DDP to tolerate unused parameters.
-        find_unused = bool(getattr(self.model, "ddp_find_unused_parameters", False))
-        acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=find_unused)
+        self.model = build_model(args)
+        acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=self.model.ddp_find_unused_parameters)
         self.config = self.model.config
         if args.sync_bn and acc.num_processes > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -215,7 +182,7 @@ class Pretrainer:
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
 
         views = view_transform(
-            args.views or "moco_v2", size=self.config.image_size, mean=self.config.image_mean,
+            args.views, size=self.config.image_size, mean=self.config.image_mean,
             std=self.config.image_std, min_scale=args.min_crop_scale,
         )
         self.stream = ImageStream(
@@ -282,9 +249,8 @@ class Pretrainer:
         opt = {"sgd": "sgd" if args.nesterov else "momentum", "lars": lars}.get(args.optimizer, args.optimizer)
         # Frozen (momentum) parameters are skipped by timm's parameter grouping (requires_grad=False).
         # A model may ask for its own groups (AutoMix's MixBlock learning rate, as `lr_scale`).
-        groups = getattr(self.model, "optimizer_param_groups", None)
         return create_optimizer_v2(
-            groups() if groups is not None else self.model, opt=opt, lr=self.peak_lr, weight_decay=args.weight_decay,
+            self.model.optimizer_param_groups(), opt=opt, lr=self.peak_lr, weight_decay=args.weight_decay,
             filter_bias_and_bn=args.exclude_bias_norm_wd, **kwargs,
         )
 
@@ -343,7 +309,7 @@ class Pretrainer:
         """The model's pictures of this batch's first images, into ``images/`` and the trackers (main process)."""
         acc = self.accelerator
         model = acc.unwrap_model(self.model)
-        if not acc.is_main_process or not hasattr(model, "pictures"):
+        if not acc.is_main_process:
             return
         n = self.args.image_count
         pictures = model.pictures(x[:n].float(), y[:n])
@@ -361,13 +327,13 @@ class Pretrainer:
                 num_workers=args.num_workers, device=acc.device,
                 autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
             )
-            if args.method in SUPERVISED:
+            if self.method.supervised:
                 result = accuracy_evaluate(model, data, eval_split=args.eval_split, test_samples=args.knn_test_samples)
                 logger.info("step %d: top-1 %.4f (%d samples)", self.global_step, result["top1"], result["eval_samples"])
-                if hasattr(model, "online_logits"):  # AutoMix: the online encoder too, which leads early in training
-                    result.update(accuracy_evaluate(model, data, eval_split=args.eval_split, key="top1_online",
-                                                    test_samples=args.knn_test_samples, logits_fn=model.online_logits))
-                    logger.info("step %d: online top-1 %.4f", self.global_step, result["top1_online"])
+                for key, logits_fn in model.extra_classifiers().items():
+                    result.update(accuracy_evaluate(model, data, eval_split=args.eval_split, key=key,
+                                                    test_samples=args.knn_test_samples, logits_fn=logits_fn))
+                    logger.info("step %d: %s %.4f", self.global_step, key, result[key])
             else:
                 result = knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,
                                       train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
@@ -413,7 +379,7 @@ class Pretrainer:
             else:
                 logger.info("no checkpoint in %s: starting from scratch", self.output_dir / "checkpoints")
         if acc.is_main_process:
-            resolved = {**dataclasses.asdict(args), **self.extra, "model_config": self.config.to_dict(),
+            resolved = {**dataclasses.asdict(args), "model_config": self.config.to_dict(),
                         "command": self._command()}
             (self.output_dir / "training_args.json").write_text(json.dumps(resolved, indent=2, default=str))
         if self.trackers:
@@ -452,8 +418,7 @@ class Pretrainer:
                         continue
                     # A real optimizer step happened: move the momentum encoder, then the schedule.
                     self.global_step += 1
-                    m = unwrapped.update_momentum(self.global_step / self.total_steps) if hasattr(
-                        unwrapped, "update_momentum") else None
+                    m = unwrapped.update_momentum(self.global_step / self.total_steps)
                     lr = self._set_lr(self.global_step)
                     progress.update(1)
                     if self.global_step % args.logging_steps == 0 or self.global_step == self.total_steps:
@@ -498,11 +463,17 @@ class Pretrainer:
             self._log_file = None
 
     def _command(self) -> str | None:
-        """The command line that started this run (when it came through scripts/pretrain.py), for the model card."""
+        """The command line that started this run (through scripts/pretrain.py, ``-m hf_mixssl.cli.pretrain`` or
+        the ``hf-mixssl-pretrain`` entry point), for the model card."""
         import shlex
         import sys
 
-        if not sys.argv or not sys.argv[0].endswith("pretrain.py"):
+        prog = Path(sys.argv[0]) if sys.argv else Path()
+        if prog.name == "pretrain.py" and prog.parent.name == "scripts":
+            script = ["scripts/pretrain.py"]
+        elif prog.name in ("pretrain.py", "hf-mixssl-pretrain"):
+            script = ["-m", "hf_mixssl.cli.pretrain"]
+        else:
             return None
         acc = self.accelerator
         launch = ["accelerate", "launch"]
@@ -510,7 +481,7 @@ class Pretrainer:
             launch += ["--multi_gpu", "--num_processes", str(acc.num_processes)]
         if acc.mixed_precision != "no":
             launch += ["--mixed_precision", str(acc.mixed_precision)]
-        return shlex.join(launch + ["scripts/pretrain.py", *sys.argv[1:]])
+        return shlex.join(launch + script + sys.argv[1:])
 
     def _step_metrics(self, output: Any, *, lr: float, momentum: float | None, images_per_sec: float) -> dict:
         """Log every scalar output term, lr, momentum, throughput, epoch and bad-image counts."""
@@ -555,15 +526,15 @@ class Pretrainer:
         acc.wait_for_everyone()
 
 
-def pretrain(args: PretrainArguments, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def pretrain(args: PretrainArguments) -> dict[str, Any]:
     """Run (or resume) one pretraining run; returns the final step and evaluation results."""
-    trainer = Pretrainer(args, extra or {})
+    trainer = Pretrainer(args)
     try:
         result = trainer.train()
     finally:
         trainer.close()
     if args.push_to_hub and not result["interrupted"] and trainer.accelerator.is_main_process:
-        from .hub import push_run
+        from ..sharing.hub import push_run
 
         out = Path(args.output_dir)
         encoder_id = f"{args.hub_model_id}-encoder" if (out / "encoder" / "config.json").is_file() else None

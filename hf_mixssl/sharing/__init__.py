@@ -1,0 +1,1 @@
+"""Sharing: encoder export, Hub upload and model cards (templates ship as package data)."""

@@ -53,7 +53,8 @@ class Method:
         config_class / model_class: the ``PretrainedConfig`` and ``PreTrainedModel`` subclasses.
         views: the default view recipe (``hf_mixssl.data.views.view_transform``).
         paper: what the model card cites.
-        card_template: file name (without ``.md``) under ``hf_mixssl/sharing/templates``.
+        card_template: a template name under ``hf_mixssl/sharing/templates`` (without ``.md``), or the path of
+            a ``.md`` template (a method defined outside the package).
         fixed: config values the method name fixes; they are not flags (``moco_v2`` is ``version=2``).
         defaults: the method's settings that differ from the config and argument defaults (model and training
             settings in one flat mapping, applied below any preset).

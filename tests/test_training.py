@@ -131,7 +131,7 @@ class TestMAERun:
         result = run_pretrain({**ft, "max_steps": 2, "knn_every": 0, "knn_test_samples": 32})
         assert 0.0 <= result["top1"] <= 1.0
         with pytest.raises(ValueError, match="init_backbone applies to method 'mixup'"):
-            build_model(resolve({**ft, "method": "mae", "views": "mae", "num_labels": None}))
+            resolve(tiny_run(tmp_path / "mae_ft", cifar10, method="mae", init_backbone=str(out)))
         with pytest.raises(ValueError, match="neither an exported timm encoder"):
             build_model(resolve({**ft, "init_backbone": str(tmp_path)}))
 

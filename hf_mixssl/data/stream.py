@@ -44,7 +44,7 @@ def detect_columns(
 
     Raises ``ValueError`` naming the dataset and listing its columns when no image column exists.
     """
-    from datasets import ClassLabel, Image as ImageFeature
+    from datasets import Image as ImageFeature
 
     if image_column is not None and image_column not in column_names:
         raise ValueError(f"image_column {image_column!r} is not a column of {source}; columns: {column_names}")
@@ -60,11 +60,17 @@ def detect_columns(
                 f"columns: {column_names}. Pass --image_column."
             )
         image_column = (typed or named)[0]
-    if label_column is None:
-        typed = [c for c in column_names if isinstance(feats.get(c), ClassLabel)]
-        named = [c for c in LABEL_COLUMN_CANDIDATES if c in column_names]
-        label_column = (typed or named or [None])[0]
-    return image_column, label_column
+    return image_column, label_column or detect_label_column(features, column_names)
+
+
+def detect_label_column(features: Any, column_names: list[str]) -> str | None:
+    """The label column: a ``ClassLabel`` feature, else the first of the common names, else ``None``."""
+    from datasets import ClassLabel
+
+    feats = dict(features or {})
+    typed = [c for c in column_names if isinstance(feats.get(c), ClassLabel)]
+    named = [c for c in LABEL_COLUMN_CANDIDATES if c in column_names]
+    return (typed or named or [None])[0]
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -369,12 +375,9 @@ def count_classes(dataset: str, split: str, *, name: str | None = None, label_co
     ds = load_dataset(dataset, name, split=split, streaming=True)
     columns = list(ds.column_names or [])
     feats = dict(ds.features or {})
+    label_column = label_column or detect_label_column(feats, columns)
     if label_column is None:
-        typed = [c for c in columns if isinstance(feats.get(c), ClassLabel)]
-        named = [c for c in LABEL_COLUMN_CANDIDATES if c in columns]
-        if not (typed or named):
-            raise ValueError(f"dataset {dataset!r} has no label column; columns: {columns}. Pass --label_column")
-        label_column = (typed or named)[0]
+        raise ValueError(f"dataset {dataset!r} has no label column; columns: {columns}. Pass --label_column")
     if isinstance(feats.get(label_column), ClassLabel):
         return int(feats[label_column].num_classes)
     return 1 + max(int(r[label_column]) for r in ds.select_columns([label_column]))

@@ -12,7 +12,6 @@ Linear probe as MAE's ``main_linprobe.py`` head: ``BatchNorm1d(affine=False) -> 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..models.momentum import cosine_anneal
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 
@@ -255,7 +256,7 @@ def train_linear_probe(
         for i in range(steps_per_epoch):
             idx = order[i * batch_size:(i + 1) * batch_size]
             for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+                group["lr"] = cosine_anneal(step / total, start=lr, end=0.0)
             loss = F.cross_entropy(head(train_feats[idx].float()), train_labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -362,7 +363,7 @@ def finetune_evaluate(
             x = batch["pixel_values"][:, 0].to(device, non_blocking=True)
             y = batch["labels"].to(device, non_blocking=True)
             for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(step / total, 1.0)))
+                group["lr"] = cosine_anneal(step / total, start=lr, end=0.0)
             with torch.autocast(device.type, dtype=data.autocast_dtype, enabled=data.autocast_dtype is not None):
                 loss = F.cross_entropy(head(pooled_features(encoder, x)).float(), y)
             opt.zero_grad(set_to_none=True)

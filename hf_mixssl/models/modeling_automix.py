@@ -28,7 +28,7 @@ from .backbones import create_backbone, pooled_features
 from .configuration_automix import AutoMixConfig
 from .losses import mixed_cross_entropy
 from .mixing import sample_lam
-from .momentum import make_momentum_copy, momentum_schedule, update_momentum
+from .momentum import cosine_anneal, make_momentum_copy, momentum_schedule, update_momentum
 from .visualization import denormalize, image_grid
 from .pretrained import VisionPreTrainedModel, record_auto_classes, single_view
 
@@ -225,7 +225,7 @@ class AutoMixModel(AutoMixPreTrainedModel):
         loss_mixblock = mixed_cross_entropy(logits_mb, labels, labels[perm_mb], lam=lam_mb)
         weight = cfg.mask_loss_weight
         if cfg.mask_loss_schedule == "cosine":
-            weight *= 0.5 * (1.0 + math.cos(math.pi * float(self.progress)))
+            weight *= cosine_anneal(float(self.progress), start=1.0, end=0.0)
         loss_mask = weight * mask_ratio_loss(m_mb, lam_mb, margin=cfg.mask_loss_margin)
 
         # Backbone step on a detached mask (plain Mixup near the ends of lam, where masks are unreliable).

@@ -14,6 +14,13 @@ import torch
 from torch import nn
 
 
+def cosine_anneal(progress: float, *, start: float, end: float) -> float:
+    """``end + (start - end) * (1 + cos(pi * p)) / 2`` with ``p = progress`` clamped to [0, 1]: ``start`` at 0,
+    ``end`` at 1 (the cosine of every schedule here: learning rates, momentum, AutoMix's mask-loss weight)."""
+    p = min(max(progress, 0.0), 1.0)
+    return end + (start - end) * ((1.0 + math.cos(math.pi * p)) / 2.0)
+
+
 def momentum_schedule(progress: float, *, base: float, final: float = 1.0, kind: str = "constant") -> float:
     """Momentum coefficient at ``progress = step / total_steps`` in ``[0, 1]``.
 
@@ -24,8 +31,7 @@ def momentum_schedule(progress: float, *, base: float, final: float = 1.0, kind:
     if kind == "constant":
         return base
     if kind == "cosine":
-        progress = min(max(progress, 0.0), 1.0)
-        return final - (final - base) * (1.0 + math.cos(math.pi * progress)) / 2.0
+        return cosine_anneal(progress, start=base, end=final)
     raise ValueError(f"momentum schedule kind must be 'constant' or 'cosine', got {kind!r}")
 
 

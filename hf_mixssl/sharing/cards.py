@@ -86,7 +86,8 @@ def render_model_card(run_dir: str | Path, *, repo_id: str | None = None, model=
     evals = json.loads(evals_path.read_text()) if evals_path.is_file() else {}
     method = method_of_config(config)
     key, paper = method.name, method.paper
-    template = TEMPLATES / f"{method.card_template}.md"
+    template = Path(method.card_template) if method.card_template.endswith(".md") else \
+        TEMPLATES / f"{method.card_template}.md"
     if not template.is_file():
         raise ValueError(f"model card template {template} of method {key!r} is missing from the installed package")
     if model is None:

@@ -119,6 +119,8 @@ class PretrainArguments:
             raise ValueError("push_to_hub needs hub_model_id (org/name)")
         if self.max_steps is None and self.num_epochs is None:
             raise ValueError("set max_steps or num_epochs")
+        if self.init_backbone and self.method != "mixup":
+            raise ValueError(f"init_backbone applies to method 'mixup' (fine-tuning), not {self.method!r}")
 
 
 

@@ -30,6 +30,7 @@ from ..data.stream import ImageStream, count_classes, count_rows
 from ..data.views import view_transform
 from ..evaluation.protocols import EvalData, accuracy_evaluate, knn_evaluate
 from ..methods import get_method
+from ..models.momentum import cosine_anneal
 from ..sharing.cards import render_model_card
 from ..sharing.hub import export_model_encoder, read_encoder_export
 from .arguments import PretrainArguments
@@ -51,8 +52,7 @@ def learning_rate_at(step: int, *, total: int, warmup: int, peak: float, final: 
         return peak * (step + 1) / warmup
     if schedule == "constant":
         return peak
-    progress = (step - warmup) / max(1, total - warmup)
-    return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return cosine_anneal((step - warmup) / max(1, total - warmup), start=peak, end=final)
 
 
 def build_model(args: PretrainArguments) -> nn.Module:
@@ -61,8 +61,6 @@ def build_model(args: PretrainArguments) -> nn.Module:
     values = dict(args.model_settings)
     weights = None
     if args.init_backbone:
-        if args.method != "mixup":
-            raise ValueError(f"init_backbone applies to method 'mixup' (fine-tuning), not {args.method!r}")
         export, weights = read_encoder_export(args.init_backbone)
         model_args = {k: v for k, v in export.get("model_args", {}).items() if k != "num_classes"}
         cfg = export.get("pretrained_cfg", {})

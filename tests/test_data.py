@@ -22,8 +22,12 @@ class TestViews:
 
         img = Image.new("RGB", (40, 30), (10, 200, 30))
         torch.manual_seed(0)
-        out = view_transform(recipe, size=32)(img)
-        assert out.shape == (2, 3, 32, 32) and out.dtype == torch.float32
+        views = view_transform(recipe, size=32)
+        out = views(img)
+        assert out.shape == (2, 3, 32, 32) and out.dtype == torch.uint8  # views travel as uint8
+        x = views.normalize(out)
+        assert x.dtype == torch.float32 and torch.allclose(
+            x, (out.float() / 255 - torch.tensor(views.mean).view(3, 1, 1)) / torch.tensor(views.std).view(3, 1, 1))
 
     def test_unknown_recipe(self):
         with pytest.raises(ValueError, match="view recipe"):

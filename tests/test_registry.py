@@ -46,7 +46,7 @@ def batches(cifar10) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     for name in METHODS:
         views = view_transform(get_method(name).views, size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
         torch.manual_seed(0)
-        x = torch.stack([views(r["img"].convert("RGB")) for r in rows])
+        x = views.normalize(torch.stack([views(r["img"].convert("RGB")) for r in rows]))
         out[name] = (x if x.shape[1] > 1 else x[:, 0], labels)
     return out
 
@@ -301,9 +301,14 @@ def test_a_method_joins_through_one_registry_entry(rotnet, tmp_path, cifar10):
 
 def test_wheel_install_renders_cards_and_runs_the_console_entry_point(tmp_path, cifar10):
     """`pip install .` (not editable): templates and metric modules are package data; entry points work."""
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    import shutil
+
+    wheels, site, src = tmp_path / "wheels", tmp_path / "site", tmp_path / "src"
+    # A copy, so that the build writes its build/ and egg-info there, not into the checkout.
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "build", "dist", "runs", "*.egg-info",
+                                                             "__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(wheels), str(REPO)], capture_output=True, text=True, timeout=600)
+                            str(wheels), str(src)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheels.glob("hf_mixssl-*.whl")
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),

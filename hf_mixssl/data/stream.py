@@ -264,6 +264,22 @@ class ImageStream:
             ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
         return ds
 
+    def on_device(self, device: torch.device | str) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches moved to ``device`` (pinned first on CUDA, copied asynchronously) and normalised there
+        (views travel as ``uint8``; the transform's ``normalize`` makes them float32)."""
+        device = torch.device(device)
+        normalize = getattr(self.transform, "normalize", None)
+        batches = iter(self)
+        try:
+            for batch in batches:
+                x, y = batch["pixel_values"], batch["labels"]
+                if device.type == "cuda":
+                    x, y = x.pin_memory(), y.pin_memory()
+                x = x.to(device, non_blocking=True)
+                yield {"pixel_values": normalize(x) if normalize else x, "labels": y.to(device, non_blocking=True)}
+        finally:
+            batches.close()
+
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.state = StreamState(epoch=int(state["epoch"]), position=int(state["position"]))
 

@@ -167,7 +167,7 @@ class EvalData:
         was_training = model.training
         model.eval()
         try:
-            return extract_features(fn, stream, device=self.device, autocast_dtype=self.autocast_dtype,
+            return extract_features(fn, stream.on_device(self.device), device=self.device, autocast_dtype=self.autocast_dtype,
                                     progress=f"features ({split})" if self.progress else None)
         finally:
             model.train(was_training)
@@ -359,9 +359,8 @@ def finetune_evaluate(
     step = 0
     bar = tqdm(total=total, desc="fine-tune", disable=not data.progress, dynamic_ncols=True)
     for epoch in range(epochs):
-        for batch in stream(epoch):
-            x = batch["pixel_values"][:, 0].to(device, non_blocking=True)
-            y = batch["labels"].to(device, non_blocking=True)
+        for batch in stream(epoch).on_device(device):
+            x, y = batch["pixel_values"][:, 0], batch["labels"]
             for group in opt.param_groups:
                 group["lr"] = cosine_anneal(step / total, start=lr, end=0.0)
             with torch.autocast(device.type, dtype=data.autocast_dtype, enabled=data.autocast_dtype is not None):

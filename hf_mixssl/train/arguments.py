@@ -75,6 +75,9 @@ class PretrainArguments:
     adam_betas: list[float] | None = _f(None, "AdamW betas: beta1 beta2 (or a JSON list)")
     exclude_bias_norm_wd: bool = _f(False, "no weight decay on biases and norm parameters")
     max_grad_norm: float | None = _f(None, "clip gradients to this norm")
+    channels_last: bool = _f(False, "channels-last memory layout for the model and its inputs (faster convolutions "
+                                    "on GPUs with tensor cores)")
+    torch_compile: bool = _f(False, "compile the model with torch.compile (opt-in: the first steps compile)")
     # ---- run
     output_dir: str = _f("runs/moco", "run directory", group="run")
     seed: int = _f(0, "seed for model init, data order and augmentation")

@@ -34,6 +34,7 @@ from ..models.momentum import cosine_anneal
 from ..sharing.cards import render_model_card
 from ..sharing.hub import export_model_encoder, read_encoder_export
 from .arguments import PretrainArguments
+from .device import bf16_cpu_warning, to_channels_last
 from .pictures import save_pictures
 
 logger = logging.getLogger("hf_mixssl")
@@ -177,7 +178,14 @@ class Pretrainer:
         self.global_batch = args.per_device_batch_size * acc.num_processes * args.gradient_accumulation_steps
         self.peak_lr = args.learning_rate * (self.global_batch / 256 if args.scale_lr else 1.0)
         self.optimizer = self._build_optimizer()
+        if args.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if args.torch_compile:
+            self.model.compile()  # in place: parameter names, checkpoints and hooks stay as they are
+        warning = bf16_cpu_warning(device_type=acc.device.type, mixed_precision=str(acc.mixed_precision))
+        if warning:
+            logger.warning(warning)
 
         views = view_transform(
             args.views, size=self.config.image_size, mean=self.config.image_mean,
@@ -394,15 +402,17 @@ class Pretrainer:
         interrupted = False
         eval_results: dict[str, float] = {}
         window_images, window_start = 0, time.perf_counter()
-        batches = iter(self.stream)
+        batches = self.stream.on_device(acc.device)
         x = y = None  # the last batch, for the final pictures
         self._set_lr(self.global_step)
         try:
             with _StopRequest() as stop:
                 while self.global_step < self.total_steps:
                     batch = next(batches)
-                    x = batch["pixel_values"].to(acc.device, non_blocking=True)
-                    y = batch["labels"].to(acc.device, non_blocking=True)
+                    x = batch["pixel_values"]
+                    if args.channels_last:
+                        x = to_channels_last(x)
+                    y = batch["labels"]
                     with acc.accumulate(model):
                         output = model(pixel_values=x, labels=y)  # prepare() added autocast when mixed
                         stop_now = self._check_finite(output, stop)
@@ -510,6 +520,8 @@ class Pretrainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
+            if self.args.channels_last:  # safetensors stores contiguous tensors; the layout is a training choice
+                model.to(memory_format=torch.contiguous_format)
             model.save_pretrained(self.output_dir, safe_serialization=True)
             if self.args.export_encoder and export_model_encoder(model, self.output_dir / "encoder") is None:
                 logger.info("encoder not exported: timm cannot rebuild a CIFAR-stem backbone from its config")

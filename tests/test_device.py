@@ -1,0 +1,63 @@
+"""Device-side settings: the bf16-on-CPU trap is detected and named, channels-last keeps values and trains."""
+
+import json
+
+import torch
+from PIL import Image, ImageFilter
+
+from conftest import run_pretrain, tiny_run
+from hf_mixssl.train.device import bf16_cpu_warning, cpu_flags, cpu_has_native_bf16, to_channels_last
+
+
+def test_cpu_flags_and_native_bf16(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_flags(info) == {"fpu", "sse", "avx2", "fma"} and not cpu_has_native_bf16(cpu_flags(info))
+    info.write_text("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16(cpu_flags(info))
+    assert cpu_flags(tmp_path / "missing") == set()
+
+
+def test_bf16_warning_only_where_it_is_a_trap():
+    message = bf16_cpu_warning(device_type="cpu", mixed_precision="bf16", flags={"avx2"})
+    assert "10x slower" in message and "--mixed_precision no" in message
+    assert bf16_cpu_warning(device_type="cpu", mixed_precision="bf16", flags={"amx_bf16"}) is None
+    assert bf16_cpu_warning(device_type="cpu", mixed_precision="no", flags={"avx2"}) is None
+    assert bf16_cpu_warning(device_type="cuda", mixed_precision="bf16", flags=set()) is None
+
+
+def test_a_bf16_run_on_an_avx2_cpu_warns(tmp_path, cifar10, monkeypatch):
+    import hf_mixssl.train.device as device
+
+    monkeypatch.setattr(device, "cpu_flags", lambda *a, **k: {"avx2", "fma"})  # simulate the AVX2-only CPU
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    out = tmp_path / "run"
+    run_pretrain(tiny_run(out, cifar10, max_steps=1, knn_every=-1, export_encoder=False))
+    assert "without native bf16" in (out / "train.log").read_text()
+
+
+def test_channels_last_keeps_values_and_trains(tmp_path, cifar10):
+    x = torch.randn(4, 2, 3, 8, 8)
+    y = to_channels_last(x)
+    assert torch.equal(x, y) and all(y[:, v].is_contiguous(memory_format=torch.channels_last) for v in range(2))
+    assert to_channels_last(x[:, 0]).is_contiguous(memory_format=torch.channels_last)
+    out = tmp_path / "cl"
+    result = run_pretrain(tiny_run(out, cifar10, max_steps=2, channels_last=True, knn_every=-1))
+    assert result["global_step"] == 2
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logged if "loss" in r)
+
+
+def test_views_blur_is_mocos_pil_gaussian_blur():
+    """moco/loader.py: ``x.filter(ImageFilter.GaussianBlur(radius=random.uniform(.1, 2.)))``."""
+    from hf_mixssl.data.views import PILGaussianBlur
+
+    img = Image.effect_noise((48, 40), 64).convert("RGB")
+    torch.manual_seed(7)
+    apply, u = torch.rand(()), torch.rand(())
+    assert apply < 1.0
+    expected = img.filter(ImageFilter.GaussianBlur(radius=0.1 + 1.9 * float(u)))  # the official op, same sigma
+    torch.manual_seed(7)
+    assert list(PILGaussianBlur(1.0)(img).getdata()) == list(expected.getdata())
+    torch.manual_seed(7)
+    assert PILGaussianBlur(0.0)(img) is img

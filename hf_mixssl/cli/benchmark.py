@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -172,6 +173,125 @@ def data_pipeline(args, workers: int) -> tuple[float, float]:
         seconds = time.perf_counter() - start
     it.close()
     return args.data_batches * args.batch_size / seconds, mem.peak_mib
+
+
+def synthetic_imagenet(root: Path, *, images: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> Path:
+    """A parquet dataset of ``images`` ImageNet-like JPEGs (500x375, quality 90, smooth colour fields with
+    texture and edges, ~40-90 KB each) with labels, in the Hub layout (``data/train-*.parquet``)."""
+    import io
+
+    import numpy as np
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from PIL import Image, ImageDraw, ImageFilter
+
+    out = root / "data" / "train-00000-of-00001.parquet"
+    if out.is_file():
+        return root
+    rng = np.random.default_rng(seed)
+    rows = []
+    w, h = size
+    for i in range(images):
+        low = rng.uniform(0, 255, (h // 25 + 1, w // 25 + 1, 3)).astype("uint8")
+        img = Image.fromarray(low).resize((w, h), Image.BICUBIC)
+        noise = Image.fromarray(rng.normal(0, 18, (h, w, 3)).clip(-128, 127).astype("int8").view("uint8"))
+        img = Image.blend(img, noise, 0.15).filter(ImageFilter.SMOOTH)
+        draw = ImageDraw.Draw(img)
+        for _ in range(6):
+            x0, y0 = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+            box = (x0, y0, x0 + int(rng.integers(20, 200)), y0 + int(rng.integers(20, 150)))
+            draw.ellipse(box, fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        rows.append({"image": {"bytes": buf.getvalue(), "path": None}, "label": i % 10})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(rows, features=Features({"image": ImageFeature(), "label": Value("int64")})).to_parquet(str(out))
+    return root
+
+
+def official_moco_loader(path: Path, *, batch_size: int, workers: int, size: int):
+    """The official ``main_moco.py --aug-plus`` input pipeline: a map-style DataLoader over decoded JPEGs with
+    torchvision v1 PIL transforms (``TwoCropsTransform``; ``loader.GaussianBlur`` is PIL's filter)."""
+    import io
+    import random
+
+    import pyarrow.parquet as pq
+    from PIL import Image, ImageFilter
+    from torchvision import transforms
+
+    class GaussianBlur:  # moco/loader.py
+        def __init__(self, sigma=(0.1, 2.0)):
+            self.sigma = sigma
+
+        def __call__(self, x):
+            return x.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.sigma[0], self.sigma[1])))
+
+    normalize = transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    augmentation = transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.2, 1.0)),
+        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        transforms.RandomGrayscale(p=0.2),
+        transforms.RandomApply([GaussianBlur([0.1, 2.0])], p=0.5),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        normalize,
+    ])
+    table = pq.read_table(next((path / "data").glob("*.parquet")))
+    blobs = [cell["bytes"] for cell in table.column("image").to_pylist()]
+    labels = table.column("label").to_pylist()
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(blobs)
+
+        def __getitem__(self, i):
+            img = Image.open(io.BytesIO(blobs[i])).convert("RGB")
+            return [augmentation(img), augmentation(img)], labels[i]
+
+    return torch.utils.data.DataLoader(Images(), batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       drop_last=True, persistent_workers=False)
+
+
+def data_rows(args) -> list[dict]:
+    """images/s of two 224 px MoCo v2 views per image: the official DataLoader + PIL pipeline against ours
+    (stream -> decode -> uint8 views in workers -> normalised on the device, here the CPU), 0/1/2 workers."""
+    import tempfile
+
+    from hf_mixssl.data.stream import ImageStream
+    from hf_mixssl.data.views import view_transform
+
+    root = Path(args.data_dir or tempfile.mkdtemp(prefix="hf_mixssl_bench_"))
+    path = synthetic_imagenet(root, images=args.data_images)
+    n_batches = args.data_images // args.data_batch_size - 1  # the first batch (start-up) is not timed
+    rows = []
+
+    def timed(batches) -> float:
+        it = iter(batches)
+        next(it)
+        start = time.perf_counter()
+        for _ in range(n_batches):
+            next(it)
+        seconds = time.perf_counter() - start
+        close = getattr(it, "close", None)
+        if close:
+            close()
+        return n_batches * args.data_batch_size / seconds
+
+    for workers in args.data_workers:
+        loader = official_moco_loader(path, batch_size=args.data_batch_size, workers=workers, size=224)
+        rows.append({"row": f"official main_moco.py DataLoader + PIL, {workers} workers", "workers": workers,
+                     "images_per_sec": timed(loader)})
+    views = view_transform("moco_v2", size=224)
+    for workers in args.data_workers:
+        stream = ImageStream(str(path), "train", views, args.data_batch_size, seed=0, num_workers=workers,
+                             buffer_size=args.data_images)
+        rows.append({"row": f"hf_mixssl ImageStream moco_v2 views, {workers} workers", "workers": workers,
+                     "images_per_sec": timed(stream.on_device("cpu"))})
+    for r in rows:
+        same = [o for o in rows if o["row"].split(",")[0] == r["row"].split(",")[0]]
+        one = next((o for o in same if o["workers"] == 1), None)
+        r["per_worker"] = r["images_per_sec"] / max(r["workers"], 1)
+        r["scaling_vs_1_worker"] = r["images_per_sec"] / one["images_per_sec"] if one else None
+    return rows
 
 
 def mixing_rows(args, device) -> list[dict]:
@@ -352,7 +472,11 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="../shared/datasets/cifar10")
     p.add_argument("--data_batches", type=int, default=20)
     p.add_argument("--skip", nargs="*", default=[], choices=["lightly", "data", "v3"])
-    p.add_argument("--suite", default="moco", choices=["moco", "mixing", "automix", "mae", "emp_ssl", "all"])
+    p.add_argument("--suite", default="moco", choices=["moco", "mixing", "automix", "mae", "emp_ssl", "data", "all"])
+    p.add_argument("--data_dir", default=None, help="suite data: where the synthetic ImageNet-like parquet is made")
+    p.add_argument("--data_images", type=int, default=256, help="suite data: images in the synthetic dataset")
+    p.add_argument("--data_batch_size", type=int, default=32, help="suite data: batch size")
+    p.add_argument("--data_workers", type=int, nargs="+", default=[0, 1, 2], help="suite data: worker counts")
     p.add_argument("--emp_images", type=int, default=100)
     p.add_argument("--emp_patches", type=int, default=20)
     p.add_argument("--mae_backbone", default="vit_tiny_patch16_224")
@@ -400,6 +524,15 @@ def main(argv=None) -> int:
             mib = f"{r['peak_mib']:.0f}" if "peak_mib" in r else ""
             print(f"| {r['row']} | {r['patches_per_sec']:.0f} | {'' if ratio is None else f'{ratio:.2f}'} | {mib} |")
         report["emp_ssl"] = rows
+    if args.suite in ("data", "all"):
+        rows = data_rows(args)
+        print(f"\ntwo MoCo v2 views at 224 px per image, synthetic 500x375 JPEGs, batch {args.data_batch_size}, "
+              f"CPU\n")
+        print("| pipeline | images/s | per worker | vs 1 worker |\n|---|---|---|---|")
+        for r in rows:
+            scale = f"{r['scaling_vs_1_worker']:.2f}x" if r["scaling_vs_1_worker"] else ""
+            print(f"| {r['row']} | {r['images_per_sec']:.1f} | {r['per_worker']:.1f} | {scale} |")
+        report["data"] = rows
     if args.suite in ("moco", "all"):
         report["moco"] = moco_suite(args, device)
     if args.output:

@@ -27,12 +27,17 @@ VIEW_RECIPES = ("moco_v1", "moco_v2", "moco_cifar", "moco_v3", "classify", "mae"
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``uint8 [..., C, H, W]`` -> float32 ``(x / 255 - mean) / std``, on ``x``'s device (float input: as is)."""
+    """``uint8 [..., C, H, W]`` -> float32 ``(x / 255 - mean) / std`` on ``x``'s device (float input: as is).
+
+    Computed as ``x * (1 / (255 std)) - mean / std`` in place (two passes over the batch instead of four); it
+    differs from torchvision's ``ToDtype(scale=True)`` + ``Normalize`` by float32 rounding only.
+    """
     if x.dtype != torch.uint8:
         return x
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-    return (x.float() / 255.0 - m) / s
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    scale = 1.0 / (255.0 * std_t)
+    shift = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1) / std_t
+    return x.float().mul_(scale).sub_(shift)
 
 
 class Views:

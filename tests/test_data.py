@@ -25,7 +25,7 @@ class TestViews:
         views = view_transform(recipe, size=32)
         out = views(img)
         assert out.shape == (2, 3, 32, 32) and out.dtype == torch.uint8  # views travel as uint8
-        x = views.normalize(out)
+        x = views.finish(out)
         assert x.dtype == torch.float32 and torch.allclose(  # torchvision's ToDtype(scale=True) + Normalize
             x, (out.float() / 255 - torch.tensor(views.mean).view(3, 1, 1)) / torch.tensor(views.std).view(3, 1, 1),
             atol=1e-5)

@@ -29,10 +29,17 @@ def test_bf16_warning_only_where_it_is_a_trap():
 def test_a_bf16_run_on_an_avx2_cpu_warns(tmp_path, cifar10, monkeypatch):
     import hf_mixssl.train.device as device
 
+    from accelerate.state import AcceleratorState
+
     monkeypatch.setattr(device, "cpu_flags", lambda *a, **k: {"avx2", "fma"})  # simulate the AVX2-only CPU
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    out = tmp_path / "run"
-    run_pretrain(tiny_run(out, cifar10, max_steps=1, knn_every=-1, export_encoder=False))
+    AcceleratorState._reset_state(True)  # the precision is fixed when the process's first Accelerator is made
+    try:
+        out = tmp_path / "run"
+        run_pretrain(tiny_run(out, cifar10, max_steps=1, knn_every=-1, export_encoder=False))
+    finally:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+        AcceleratorState._reset_state(True)
     assert "without native bf16" in (out / "train.log").read_text()
 
 

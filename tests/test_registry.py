@@ -46,7 +46,7 @@ def batches(cifar10) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     for name in METHODS:
         views = view_transform(get_method(name).views, size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD)
         torch.manual_seed(0)
-        x = views.normalize(torch.stack([views(r["img"].convert("RGB")) for r in rows]))
+        x = views.finish(torch.stack([views(r["img"].convert("RGB")) for r in rows]))
         out[name] = (x if x.shape[1] > 1 else x[:, 0], labels)
     return out
 

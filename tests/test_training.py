@@ -152,14 +152,17 @@ class TestEMPSSLRun:
 
 
 class TestResume:
-    def test_resume_is_exact(self, tmp_path, cifar10):
+    @pytest.mark.parametrize("augment_on", ["cpu", "device"])
+    def test_resume_is_exact(self, tmp_path, cifar10, augment_on):
         straight = tmp_path / "straight"
-        run_pretrain(tiny_run(straight, cifar10, max_steps=20, checkpointing_steps=10))
+        run_pretrain(tiny_run(straight, cifar10, max_steps=20, checkpointing_steps=10, augment_on=augment_on))
         resumed = tmp_path / "resumed"
         (resumed / "checkpoints").mkdir(parents=True)
         shutil.copytree(straight / "checkpoints" / "step_00000010", resumed / "checkpoints" / "step_00000010")
         result = run_pretrain(tiny_run(resumed, cifar10, max_steps=20, checkpointing_steps=10,
-                                       resume_from_checkpoint="latest"))
+                                       resume_from_checkpoint="latest", augment_on=augment_on))
+        assert f"colour ops on the {'device' if augment_on == 'device' else 'CPU workers'}" in \
+            (resumed / "train.log").read_text()
         assert result["global_step"] == 20
         a, b = weights(straight), weights(resumed)
         assert a.keys() == b.keys()

@@ -251,15 +251,78 @@ def official_moco_loader(path: Path, *, batch_size: int, workers: int, size: int
                                        drop_last=True, persistent_workers=False)
 
 
+def per_image_costs(args) -> list[dict]:
+    """ms per image (two MoCo v2 views at 224 px, one process, one thread): the official worker's whole job,
+    our device-split worker's job (decode + crop + parameter draws), PIL's colour ops on cropped views, and the
+    same ops batched by ``DeviceViews.finish`` on this machine's device."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from hf_mixssl.data.device_views import device_view_transform
+    from hf_mixssl.data.stream import _Chunk, process_chunk
+    from hf_mixssl.data.views import PILGaussianBlur
+
+    path = synthetic_imagenet(Path(args.data_dir), images=args.data_images)
+    table = pq.read_table(next((path / "data").glob("*.parquet")))
+    blobs = [cell["bytes"] for cell in table.column("image").to_pylist()][:64]
+    n = len(blobs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        official = official_moco_loader(path, batch_size=32, workers=0, size=224).dataset
+        start = time.perf_counter()
+        for i in range(n):
+            official[i]
+        official_ms = (time.perf_counter() - start) / n * 1e3
+        split = device_view_transform("moco_v2", size=224)
+        chunk = _Chunk(epoch=0, indices=list(range(n)), images=[{"bytes": b, "path": None} for b in blobs],
+                       labels=[0] * n)
+        start = time.perf_counter()
+        _, (crops, params), _, _ = process_chunk(chunk, split, 0, 0, 4)
+        worker_ms = (time.perf_counter() - start) / n * 1e3
+        colour = v2.Compose([v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(0.2),
+                             PILGaussianBlur(0.5), v2.RandomHorizontalFlip(), v2.ToImage()])
+        cropped = [v2.RandomResizedCrop(224, scale=(0.2, 1.0))(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs]
+        start = time.perf_counter()
+        for img in cropped:
+            colour(img), colour(img)
+        pil_ms = (time.perf_counter() - start) / n * 1e3
+    finally:
+        torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    crops, params = crops.to(device), params.to(device)
+    split.finish(crops, params)  # warm-up
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(3):
+        split.finish(crops, params)
+    sync()
+    device_ms = (time.perf_counter() - start) / (3 * n) * 1e3
+    return [
+        {"row": "official worker: decode + two full PIL views (1 thread)", "ms_per_image": official_ms},
+        {"row": "device-split worker: decode + two crops + parameters (1 thread)", "ms_per_image": worker_ms,
+         "vs_official": worker_ms / official_ms},
+        {"row": "PIL colour ops of two views (jitter, gray, blur, flip; 1 thread)", "ms_per_image": pil_ms},
+        {"row": f"the same ops batched by DeviceViews.finish on {device.type} ({torch.get_num_threads()} threads)",
+         "ms_per_image": device_ms, "speedup_vs_pil": pil_ms / device_ms},
+    ]
+
+
 def data_rows(args) -> list[dict]:
     """images/s of two 224 px MoCo v2 views per image: the official DataLoader + PIL pipeline against ours
     (stream -> decode -> uint8 views in workers -> normalised on the device, here the CPU), 0/1/2 workers."""
     import tempfile
 
+    from hf_mixssl.data.device_views import device_view_transform
     from hf_mixssl.data.stream import ImageStream
     from hf_mixssl.data.views import view_transform
 
-    root = Path(args.data_dir or tempfile.mkdtemp(prefix="hf_mixssl_bench_"))
+    args.data_dir = args.data_dir or tempfile.mkdtemp(prefix="hf_mixssl_bench_")
+    root = Path(args.data_dir)
     path = synthetic_imagenet(root, images=args.data_images)
     n_batches = args.data_images // args.data_batch_size - 1  # the first batch (start-up) is not timed
     rows = []
@@ -286,6 +349,12 @@ def data_rows(args) -> list[dict]:
                              buffer_size=args.data_images)
         rows.append({"row": f"hf_mixssl ImageStream moco_v2 views, {workers} workers", "workers": workers,
                      "images_per_sec": timed(stream.on_device("cpu"))})
+    device_views = device_view_transform("moco_v2", size=224)
+    for workers in args.data_workers:
+        stream = ImageStream(str(path), "train", device_views, args.data_batch_size, seed=0, num_workers=workers,
+                             buffer_size=args.data_images)
+        rows.append({"row": f"hf_mixssl ImageStream, device split (workers decode + crop), {workers} workers",
+                     "workers": workers, "images_per_sec": timed(stream)})
     for r in rows:
         same = [o for o in rows if o["row"].split(",")[0] == r["row"].split(",")[0]]
         one = next((o for o in same if o["workers"] == 1), None)
@@ -532,7 +601,12 @@ def main(argv=None) -> int:
         for r in rows:
             scale = f"{r['scaling_vs_1_worker']:.2f}x" if r["scaling_vs_1_worker"] else ""
             print(f"| {r['row']} | {r['images_per_sec']:.1f} | {r['per_worker']:.1f} | {scale} |")
-        report["data"] = rows
+        costs = per_image_costs(args)
+        print("\n| per image | ms | ratio |\n|---|---|---|")
+        for r in costs:
+            ratio = r.get("vs_official", r.get("speedup_vs_pil"))
+            print(f"| {r['row']} | {r['ms_per_image']:.2f} | {'' if ratio is None else f'{ratio:.2f}'} |")
+        report["data"] = rows + costs
     if args.suite in ("moco", "all"):
         report["moco"] = moco_suite(args, device)
     if args.output:

@@ -128,9 +128,12 @@ class _Chunk:
 
 
 def process_chunk(
-    chunk: _Chunk, transform: Callable[[Image.Image], torch.Tensor], seed: int, rank: int, min_size: int
-) -> tuple[list[int], torch.Tensor | None, list[int], Counter]:
-    """Decode and transform a chunk; returns ``(kept indices, stacked views, labels, status counts)``."""
+    chunk: _Chunk, transform: Callable[[Image.Image], Any], seed: int, rank: int, min_size: int
+) -> tuple[list[int], tuple[torch.Tensor, ...] | None, list[int], Counter]:
+    """Decode and transform a chunk; returns ``(kept indices, stacked outputs, labels, status counts)``.
+
+    A transform returns a tensor (views) or a tuple of tensors (views and their device-side parameters); each
+    part is stacked over the chunk's kept samples."""
     kept, tensors, labels, counts = [], [], [], Counter()
     for idx, value, label in zip(chunk.indices, chunk.images, chunk.labels):
         img, status = decode_image(value, min_size=min_size)
@@ -143,10 +146,11 @@ def process_chunk(
             # Only the CPU generator draws view parameters; torch.manual_seed would also queue lazy CUDA/XPU/MTIA
             # seeding with a captured stack trace per call (0.5 ms a sample, a tenth of a 224 px MoCo v2 pair).
             torch.default_generator.manual_seed(sample_seed(seed, chunk.epoch, rank, idx))
-            tensors.append(transform(img))
+            out = transform(img)
+        tensors.append(out if isinstance(out, tuple) else (out,))
         kept.append(idx)
         labels.append(label)
-    return kept, (torch.stack(tensors) if tensors else None), labels, counts
+    return kept, (tuple(torch.stack(p) for p in zip(*tensors)) if tensors else None), labels, counts
 
 
 def _worker_init() -> None:
@@ -270,18 +274,22 @@ class ImageStream:
         return ds
 
     def on_device(self, device: torch.device | str) -> Iterator[dict[str, torch.Tensor]]:
-        """The batches moved to ``device`` (pinned first on CUDA, copied asynchronously) and normalised there
-        (views travel as ``uint8``; the transform's ``normalize`` makes them float32)."""
+        """The batches moved to ``device`` (pinned first on CUDA, copied asynchronously) and finished there by the
+        transform's ``finish(x, params)``: views travel as ``uint8``; normalisation, and with device augmentation
+        the colour ops, run on the device."""
         device = torch.device(device)
-        normalize = getattr(self.transform, "normalize", None)
+        finish = getattr(self.transform, "finish", None)
         batches = iter(self)
         try:
             for batch in batches:
-                x, y = batch["pixel_values"], batch["labels"]
+                x, y, params = batch["pixel_values"], batch["labels"], batch.get("view_params")
                 if device.type == "cuda":
                     x, y = x.pin_memory(), y.pin_memory()
                 x = x.to(device, non_blocking=True)
-                yield {"pixel_values": normalize(x) if normalize else x, "labels": y.to(device, non_blocking=True)}
+                if params is not None:
+                    params = params.to(device, non_blocking=True)
+                yield {"pixel_values": finish(x, params) if finish else x,
+                       "labels": y.to(device, non_blocking=True)}
         finally:
             batches.close()
 
@@ -353,22 +361,25 @@ class ImageStream:
     def _one_epoch(self, pool) -> Iterator[dict[str, Any]]:
         epoch, start = self.state.epoch, self.state.position
         buf_idx: list[int] = []
-        buf_x: list[torch.Tensor] = []
+        buf_x: list[tuple[torch.Tensor, ...]] = []
         buf_y: list[int] = []
         for kept, x, labels, counts in self._processed(self._raw_chunks(epoch, start), pool):
             self.counts.update(counts)  # the trainer logs these totals
             if x is None:
                 continue
             buf_idx.extend(kept)
-            buf_x.extend(x.unbind(0))
+            buf_x.extend(zip(*(part.unbind(0) for part in x)))
             buf_y.extend(labels)
             while len(buf_x) >= self.batch_size:
                 yield self._emit(buf_idx, buf_x, buf_y, self.batch_size)
         if buf_x and not self.infinite:
             yield self._emit(buf_idx, buf_x, buf_y, len(buf_x))
 
-    def _emit(self, idx: list[int], xs: list[torch.Tensor], ys: list[int], n: int) -> dict[str, Any]:
-        batch = {"pixel_values": torch.stack(xs[:n]), "labels": torch.tensor(ys[:n], dtype=torch.long)}
+    def _emit(self, idx: list[int], xs: list[tuple[torch.Tensor, ...]], ys: list[int], n: int) -> dict[str, Any]:
+        parts = [torch.stack(p) for p in zip(*xs[:n])]
+        batch = {"pixel_values": parts[0], "labels": torch.tensor(ys[:n], dtype=torch.long)}
+        if len(parts) > 1:  # device augmentation: each view's random parameters, applied on the device
+            batch["view_params"] = parts[1]
         # The position is the row after the last emitted sample; buffered leftovers are re-read on resume.
         self.state = StreamState(epoch=self.state.epoch, position=idx[n - 1] + 1)
         del idx[:n], xs[:n], ys[:n]

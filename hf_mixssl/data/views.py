@@ -6,7 +6,7 @@ view, and MAE's single crop-and-flip view. Every op runs on the PIL image with P
 official pipelines (the Gaussian blur is PIL's ``ImageFilter.GaussianBlur``, MoCo's ``loader.GaussianBlur``;
 torchvision's v2 blur on a PIL image is a tensor convolution and a round trip). Views leave the workers as
 ``uint8`` (a quarter of float32's bytes) and are normalised where they are used, on the training device
-(:meth:`Views.normalize`). Randomness comes from torch's global generator, which the data pipeline seeds per
+(:meth:`Views.finish`). Randomness comes from torch's global generator, which the data pipeline seeds per
 sample so views are reproducible.
 """
 
@@ -54,7 +54,8 @@ class Views:
             return self.transforms[0](image)
         return torch.stack([t(image) for t in self.transforms])
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+    def finish(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
+        """On the device: ``uint8`` views -> normalised float32 (``params`` is for device augmentation)."""
         return normalize(x, self.mean, self.std)
 
 

@@ -44,6 +44,9 @@ class PretrainArguments:
     views: str | None = _f(None, "view recipe: moco_v1 | moco_v2 | moco_cifar | moco_v3 | classify | mae | "
                                  "emp_ssl (default: the method's)")
     min_crop_scale: float | None = _f(None, "RandomResizedCrop lower scale (recipe default)")
+    augment_on: str = _f("auto", "where the views' colour ops run: cpu (PIL, in the data workers) | device (batched "
+                                 "on the training device; workers only decode and crop) | auto (device on a GPU, "
+                                 "cpu on a CPU, the faster one measured on each)", choices=["auto", "cpu", "device"])
     shuffle_buffer_size: int = _f(10_000, "streaming shuffle buffer")
     num_workers: int = _f(2, "decode/augment worker processes per rank")
     cpu_threads: int | None = _f(None, "torch threads per process when training on CPU (default: the cores this "
@@ -269,6 +272,8 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         if title:
             group = groups[title] = parser.add_argument_group(title)
         kw = _argparse_kwargs(hints[f.name])
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
         names = [f"--{f.name}"] + ([f.metadata["alias"]] if "alias" in f.metadata else [])
         shown = "" if f.default is None else f" (default: {f.default})"
         group.add_argument(*names, dest=f.name, help=f.metadata["help"] + shown, **kw)

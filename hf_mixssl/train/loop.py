@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..data.stream import ImageStream, count_classes, count_rows
+from ..data.device_views import device_view_transform
 from ..data.views import view_transform
 from ..evaluation.protocols import EvalData, accuracy_evaluate, knn_evaluate
 from ..methods import get_method
@@ -187,10 +188,12 @@ class Pretrainer:
         if warning:
             logger.warning(warning)
 
-        views = view_transform(
+        on_device = args.augment_on == "device" or (args.augment_on == "auto" and acc.device.type == "cuda")
+        views = (device_view_transform if on_device else view_transform)(
             args.views, size=self.config.image_size, mean=self.config.image_mean,
             std=self.config.image_std, min_scale=args.min_crop_scale,
         )
+        logger.info("view recipe %s, colour ops on the %s", args.views, "device" if on_device else "CPU workers")
         self.stream = ImageStream(
             args.dataset, args.train_split, views, args.per_device_batch_size, name=args.dataset_config,
             image_column=args.image_column, label_column=args.label_column, shuffle=True, seed=args.seed,

@@ -68,3 +68,22 @@ def test_views_blur_is_mocos_pil_gaussian_blur():
     assert list(PILGaussianBlur(1.0)(img).getdata()) == list(expected.getdata())
     torch.manual_seed(7)
     assert PILGaussianBlur(0.0)(img) is img
+
+
+def test_gpu_check_smoke_runs_on_the_cpu(tmp_path, cifar10):
+    """scripts/gpu_check.sh as a person runs it, with --smoke: every row and the short run, on this CPU."""
+    import subprocess
+
+    from conftest import REPO
+
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--smoke", "--cifar", cifar10, "--output",
+                           str(out), "--data_dir", str(tmp_path / "data")], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    cases = {r["case"] for r in report["rows"]}
+    assert len(cases) == 3 and len(report["rows"]) == 9  # limit, device-fed and CPU-fed per case
+    assert all(r["images_per_sec"] > 0 and r["peak_mib"] > 0 for r in report["rows"])
+    assert 0.0 <= report["knn_run"]["knn_top1"] <= 1.0
+    assert "| MoCo v2 ResNet-50 224 px | synthetic tensors on the device (limit) |" in proc.stdout

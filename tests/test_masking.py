@@ -20,12 +20,35 @@ def test_patchify_layout_and_inverse():
         patchify(torch.randn(1, 3, 10, 10), 4)
 
 
+def official_random_masking(x, mask_ratio, noise):
+    """Hand copy of facebookresearch/mae models_mae.py MaskedAutoencoderViT.random_masking (noise injected)."""
+    N, L, D = x.shape  # batch, length, dim
+    len_keep = int(L * (1 - mask_ratio))
+    ids_shuffle = torch.argsort(noise, dim=1)  # ascend: small is keep, large is remove
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :len_keep]
+    x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).repeat(1, 1, D))
+    mask = torch.ones([N, L], device=x.device)
+    mask[:, :len_keep] = 0
+    mask = torch.gather(mask, dim=1, index=ids_restore)
+    return x_masked, mask, ids_restore
+
+
+@pytest.mark.parametrize("n,ratio", [(64, 0.75), (196, 0.75), (49, 0.6), (10, 0.0), (50, 0.7)])
+def test_masking_equals_the_official_code(n, ratio):
+    tokens, noise = torch.randn(3, n, 5), torch.rand(3, n)
+    ours = random_masking(tokens, ratio, noise=noise)
+    for a, b in zip(ours, official_random_masking(tokens, ratio, noise)):
+        assert torch.equal(a, b)
+    assert ours[0].shape[1] == int(n * (1 - ratio))  # truncated: 49 x 0.4 = 19.6 keeps 19
+
+
 @pytest.mark.parametrize("n,ratio", [(64, 0.75), (196, 0.75), (49, 0.6), (10, 0.0)])
-def test_masking_keeps_round_n_visible_and_restores_order(n, ratio):
+def test_masking_keeps_int_n_visible_and_restores_order(n, ratio):
     b, d = 5, 7
     tokens = torch.arange(b * n * d, dtype=torch.float32).reshape(b, n, d)
     visible, mask, ids_restore = random_masking(tokens, ratio, generator=torch.Generator().manual_seed(0))
-    keep = round(n * (1 - ratio))
+    keep = int(n * (1 - ratio))
     assert num_visible(n, ratio) == keep
     assert visible.shape == (b, keep, d)
     assert torch.equal(mask.sum(dim=1), torch.full((b,), float(n - keep)))

@@ -53,6 +53,32 @@ def test_encoder_sees_only_visible_patches_and_every_parameter_learns():
     assert model.no_weight_decay() <= set(params)
 
 
+def official_add_weight_decay(model, weight_decay=1e-5, skip_list=()):
+    """Hand copy of timm 0.3.2 ``optim_factory.add_weight_decay``, which MAE's main_pretrain.py calls (no skip list)."""
+    decay = []
+    no_decay = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue  # frozen weights
+        if len(param.shape) == 1 or name.endswith(".bias") or name in skip_list:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": no_decay, "weight_decay": 0.}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def test_weight_decay_groups_equal_the_official_ones():
+    """cls_token and mask_token are decayed (3-D), biases and norms are not, the fixed positions are frozen."""
+    from timm.optim import create_optimizer_v2
+
+    model = tiny()
+    ours = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, filter_bias_and_bn=True)
+    decayed = {id(p) for g in ours.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    official = {id(p) for p in official_add_weight_decay(model, 0.05)[1]["params"]}
+    assert decayed == official
+    assert id(model.mask_token) in decayed and id(model.encoder.cls_token) in decayed
+
+
 def test_round_trip_keeps_fixed_embeddings_and_outputs(tmp_path):
     model = tiny(feature_pool="mean").eval()
     model.save_pretrained(tmp_path)

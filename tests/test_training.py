@@ -338,9 +338,10 @@ class TestArguments:
         cfg.write_text("learning_rate: 0.5\nper_device_batch_size: 64\nmax_steps: 7\n")
         args = parse_args(["--preset", "moco_v2_cifar", "--config", str(cfg), "--per_device_batch_size", "32"])
         assert args.method == "moco_v2" and args.model_settings["queue_size"] == 4096  # preset
-        assert args.model_settings["bn_splits"] == 8
+        assert args.bn_group_size == 64
         assert args.learning_rate == 0.5 and args.max_steps == 7  # file over preset
         assert args.per_device_batch_size == 32  # CLI over file
+        assert args.global_batch_size is None  # the preset's global batch gave way to the file's per-device one
 
     def test_bad_config_file(self, tmp_path):
         with pytest.raises(ValueError, match="does not exist"):

@@ -33,10 +33,11 @@ def unpatchify(patches: torch.Tensor, patch_size: int, *, grid: tuple[int, int] 
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
-    """Patches each sample keeps: ``round(N * (1 - mask_ratio))`` (at least one)."""
+    """Patches each sample keeps: ``int(N * (1 - mask_ratio))`` as ``models_mae.py``'s ``len_keep`` (truncated:
+    49 patches at 0.6 keep 19), and at least one where that would keep none (the official code would fail)."""
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio!r}")
-    return max(1, int(round(num_patches * (1.0 - mask_ratio))))
+    return max(1, int(num_patches * (1.0 - mask_ratio)))
 
 
 def random_masking(
@@ -49,7 +50,7 @@ def random_masking(
     """Per-sample random masking by argsort of uniform noise.
 
     ``tokens: [B, N, D]`` -> ``(visible [B, L, D], mask [B, N], ids_restore [B, N])`` with
-    ``L = round(N (1 - mask_ratio))``; ``mask`` is 1 for removed patches, in the original patch order;
+    ``L = int(N (1 - mask_ratio))``; ``mask`` is 1 for removed patches, in the original patch order;
     ``ids_restore`` un-shuffles: ``torch.gather(shuffled, 1, ids_restore)`` is the original order. The ``L``
     patches with the smallest noise are kept, so passing ``noise`` fixes the mask.
     """

@@ -122,8 +122,10 @@ class MAEModel(MAEPreTrainedModel):
                 _mae_init(module)
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names AdamW leaves undecayed besides biases and norms (timm reads this)."""
-        return {"encoder.cls_token", "encoder.pos_embed", "mask_token", "decoder_pos_embed"}
+        """Parameter names AdamW leaves undecayed besides biases and norms (timm reads this): the fixed position
+        embeddings only (frozen anyway). ``main_pretrain.py`` calls ``add_weight_decay`` without a skip list, so
+        ``cls_token`` and ``mask_token`` (3-D tensors) are decayed, as here."""
+        return {"encoder.pos_embed", "decoder_pos_embed"}
 
     # ------------------------------------------------------------------------------------- encoder
     def forward_encoder(

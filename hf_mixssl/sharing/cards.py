@@ -31,9 +31,10 @@ _PROTOCOL_METRICS = {
     "finetune_top5": "fine-tuned top-5",
 }
 _CLASSIFIER_METRICS = {"top1": "top-1", "top1_online": "top-1 of the online encoder"}
-_RECIPE_KEYS = ("method", "preset", "dataset", "per_device_batch_size", "gradient_accumulation_steps", "num_epochs",
-                "max_steps", "optimizer", "learning_rate", "scale_lr", "weight_decay", "lr_schedule", "warmup_epochs",
-                "warmup_steps", "views", "seed")
+_RECIPE_KEYS = ("method", "preset", "dataset", "global_batch_size", "per_device_batch_size", "gradient_accumulation_steps",
+                "bn_group_size", "num_epochs", "max_steps", "optimizer", "learning_rate", "scale_lr", "weight_decay",
+                "lr_schedule", "lr_decay_epochs", "min_lr", "warmup_epochs", "warmup_steps", "views", "min_crop_scale",
+                "augment_on", "seed")
 
 
 def _dataset_name(dataset: str) -> str:
@@ -139,6 +140,14 @@ def render_model_card(run_dir: str | Path, *, repo_id: str | None = None, model=
         f"- Library: hf_mixssl, model type `{config['model_type']}` ({config.get('architectures', ['?'])[0]})",
     ])
     recipe_rows = [f"| `{k}` | `{args[k]}` |" for k in _RECIPE_KEYS if args.get(k) is not None]
+    plan = args.get("resolved")
+    if plan:  # what the run actually trained with on its world size
+        recipe_rows += [
+            f"| resolved batch | {plan['global_batch_size']} = {plan['per_device_batch_size']} per device x "
+            f"{plan['num_processes']} process(es) x {plan['gradient_accumulation_steps']} accumulation |",
+            f"| resolved peak learning rate | {plan['peak_learning_rate']:g} |"]
+        if plan.get("bn_splits"):
+            recipe_rows.append(f"| BatchNorm splits per device | {plan['bn_splits']} |")
     recipe = "\n".join(["| argument | value |", "|---|---|", *recipe_rows]) if recipe_rows else \
         "The run directory holds no `training_args.json`."
     command = args.get("command")

@@ -59,14 +59,24 @@ class PretrainArguments:
                                          "preprocessing become the defaults", group="model (every method)")
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm when running on several processes")
     # ---- optimisation
-    per_device_batch_size: int = _f(256, "images per device per micro-step", group="optimisation")
+    per_device_batch_size: int = _f(256, "images per device per micro-step (ignored when global_batch_size is set)",
+                                    group="optimisation")
+    global_batch_size: int | None = _f(None, "images per optimizer step over all processes and accumulation steps "
+                                             "(the papers' batch; presets set it): the per-device batch is this / "
+                                             "(processes x gradient_accumulation_steps)")
+    bn_group_size: int | None = _f(None, "MoCo v1/v2: BatchNorm statistics over groups of this many images, as the "
+                                         "official per-GPU BN (ImageNet 32 = 256 / 8 GPUs): bn_splits = per-device "
+                                         "batch / this, on any number of processes")
     gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step")
     max_steps: int | None = _f(None, "optimizer steps (overrides num_epochs)")
     num_epochs: float | None = _f(None, "epochs over the train split")
     learning_rate: float = _f(0.03, "peak learning rate (x global_batch/256 with --scale_lr)")
     scale_lr: bool = _f(False, "multiply learning_rate by global_batch/256")
     min_lr: float = _f(0.0, "final learning rate of the cosine schedule")
-    lr_schedule: str = _f("cosine", "cosine | constant", choices=["cosine", "constant"])
+    lr_schedule: str = _f("cosine", "cosine | constant | step (x0.1 at each --lr_decay_epochs)",
+                          choices=["cosine", "constant", "step"])
+    lr_decay_epochs: list[float] | None = _f(None, "epochs at which the step schedule multiplies the lr by 0.1 "
+                                                   "(MoCo v1: 120 160)")
     warmup_steps: int | None = _f(None, "linear warmup steps")
     warmup_epochs: float | None = _f(None, "linear warmup epochs")
     optimizer: str = _f("sgd", "sgd | adamw | lars", choices=["sgd", "adamw", "lars"])
@@ -113,7 +123,8 @@ class PretrainArguments:
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
 
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "max_steps", "num_epochs",
+        for name in ("per_device_batch_size", "global_batch_size", "bn_group_size", "gradient_accumulation_steps",
+                     "max_steps", "num_epochs",
                      "learning_rate", "logging_steps", "knn_k", "knn_t", "save_total_limit"):
             positive(name)
         positive("cpu_threads")
@@ -125,6 +136,8 @@ class PretrainArguments:
             raise ValueError("push_to_hub needs hub_model_id (org/name)")
         if self.max_steps is None and self.num_epochs is None:
             raise ValueError("set max_steps or num_epochs")
+        if self.lr_schedule == "step" and not self.lr_decay_epochs:
+            raise ValueError("lr_schedule 'step' needs lr_decay_epochs (e.g. --lr_decay_epochs 120 160)")
         if self.init_backbone and self.method != "mixup":
             raise ValueError(f"init_backbone applies to method 'mixup' (fine-tuning), not {self.method!r}")
 
@@ -232,6 +245,10 @@ def _coerce(value: Any, f: ConfigField) -> Any:
     if isinstance(value, list) and len(value) == 1 and f.scalar_allowed():
         return value[0]
     return value
+
+
+def config_field_names(method: Method) -> set[str]:
+    return set(config_fields(method.config_class))
 
 
 def method_settings(method: Method) -> dict[str, ConfigField]:
@@ -353,8 +370,12 @@ def parse_args(argv: list[str] | None = None) -> PretrainArguments:
         parser.error(_unknown_flags_message(rest, method))
     cli = vars(cli)
     merged = resolve_defaults(method, cli.get("preset", file_values.get("preset")))
-    merged.update(file_values)
-    merged.update(cli)
+    for layer in (file_values, cli):
+        # A batch size given at a higher layer replaces the other kind given below it (a preset's global batch
+        # and a command line's --per_device_batch_size 128: the command line wins).
+        if "per_device_batch_size" in layer and "global_batch_size" not in layer:
+            merged["global_batch_size"] = None
+        merged.update(layer)
     return resolve(merged)
 
 

@@ -34,7 +34,7 @@ from ..methods import get_method
 from ..models.momentum import cosine_anneal
 from ..sharing.cards import render_model_card
 from ..sharing.hub import export_model_encoder, read_encoder_export
-from .arguments import PretrainArguments
+from .arguments import PretrainArguments, config_field_names
 from .device import bf16_cpu_warning, to_channels_last
 from .pictures import save_pictures
 
@@ -48,19 +48,56 @@ class NonFiniteLossError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------- pure helpers
-def learning_rate_at(step: int, *, total: int, warmup: int, peak: float, final: float, schedule: str) -> float:
-    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine to ``final`` (or constant)."""
+def learning_rate_at(step: int, *, total: int, warmup: int, peak: float, final: float, schedule: str,
+                     milestones: tuple[int, ...] = ()) -> float:
+    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine to ``final``, constant, or ``step``: ``peak``
+    times 0.1 for each milestone step reached (MoCo v1's ``adjust_learning_rate`` without ``--cos``)."""
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "constant":
         return peak
+    if schedule == "step":
+        return peak * 0.1 ** sum(step >= m for m in milestones)
     return cosine_anneal((step - warmup) / max(1, total - warmup), start=peak, end=final)
 
 
-def build_model(args: PretrainArguments) -> nn.Module:
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    """The batch a run trains with: ``global_batch = per_device x processes x accumulation``, and the BatchNorm
+    splits that keep a recipe's per-GPU BN group size on this world size (``None``: the model's own setting)."""
+
+    global_batch: int
+    per_device: int
+    processes: int
+    accumulation: int
+    bn_splits: int | None
+
+    @classmethod
+    def resolve(cls, *, global_batch: int | None, per_device: int, processes: int, accumulation: int,
+                bn_group: int | None) -> "BatchPlan":
+        """From a global batch (derive the per-device one) or a per-device batch; ``ValueError`` naming the numbers
+        when they do not divide."""
+        if global_batch is not None:
+            if global_batch % (processes * accumulation):
+                raise ValueError(f"global_batch_size {global_batch} does not divide over {processes} process(es) x "
+                                 f"{accumulation} accumulation step(s); choose a multiple of {processes * accumulation}")
+            per_device = global_batch // (processes * accumulation)
+        splits = None
+        if bn_group is not None:
+            if per_device % bn_group:
+                raise ValueError(f"the per-device batch {per_device} is not a multiple of bn_group_size {bn_group}")
+            splits = per_device // bn_group
+        return cls(per_device * processes * accumulation, per_device, processes, accumulation, splits)
+
+
+def build_model(args: PretrainArguments, plan: BatchPlan | None = None) -> nn.Module:
     """The method's model from the resolved arguments (settings not given keep the config defaults)."""
     method = get_method(args.method)
     values = dict(args.model_settings)
+    if plan is not None and plan.bn_splits is not None:
+        if "bn_splits" not in config_field_names(method):
+            raise ValueError(f"bn_group_size applies to methods with split BatchNorm (MoCo), not {method.name!r}")
+        values["bn_splits"] = plan.bn_splits
     weights = None
     if args.init_backbone:
         export, weights = read_encoder_export(args.init_backbone)
@@ -170,14 +207,22 @@ class Pretrainer:
         acc = self.accelerator
         self._setup_logging()
         self._set_cpu_threads()
-        set_seed(args.seed)
-        self.model = build_model(args)
+        self.plan = BatchPlan.resolve(global_batch=args.global_batch_size, per_device=args.per_device_batch_size,
+                                      processes=acc.num_processes, accumulation=args.gradient_accumulation_steps,
+                                      bn_group=args.bn_group_size)
+        set_seed(args.seed)  # the same initial weights on every rank
+        self.model = build_model(args, self.plan)
         acc.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=self.model.ddp_find_unused_parameters)
         self.config = self.model.config
         if args.sync_bn and acc.num_processes > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.global_batch = args.per_device_batch_size * acc.num_processes * args.gradient_accumulation_steps
+        self.global_batch = self.plan.global_batch
         self.peak_lr = args.learning_rate * (self.global_batch / 256 if args.scale_lr else 1.0)
+        rule = f"{args.learning_rate:g} x {self.global_batch}/256" if args.scale_lr else "not scaled"
+        logger.info("global batch %d = %d per device x %d process(es) x %d accumulation; peak lr %g (%s)%s",
+                    self.global_batch, self.plan.per_device, acc.num_processes, args.gradient_accumulation_steps,
+                    self.peak_lr, rule, f"; BatchNorm in {self.plan.bn_splits} split(s) of {args.bn_group_size}"
+                    if self.plan.bn_splits else "")
         self.optimizer = self._build_optimizer()
         if args.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -187,6 +232,8 @@ class Pretrainer:
         warning = bf16_cpu_warning(device_type=acc.device.type, mixed_precision=str(acc.mixed_precision))
         if warning:
             logger.warning(warning)
+        # Training randomness (masks, lam, partners, patches) differs per rank, as each official GPU draws its own.
+        set_seed(args.seed + acc.process_index)
 
         on_device = args.augment_on == "device" or (args.augment_on == "auto" and acc.device.type == "cuda")
         views = (device_view_transform if on_device else view_transform)(
@@ -195,7 +242,7 @@ class Pretrainer:
         )
         logger.info("view recipe %s, colour ops on the %s", args.views, "device" if on_device else "CPU workers")
         self.stream = ImageStream(
-            args.dataset, args.train_split, views, args.per_device_batch_size, name=args.dataset_config,
+            args.dataset, args.train_split, views, self.plan.per_device, name=args.dataset_config,
             image_column=args.image_column, label_column=args.label_column, shuffle=True, seed=args.seed,
             buffer_size=args.shuffle_buffer_size, rank=acc.process_index, world_size=acc.num_processes,
             num_workers=args.num_workers, infinite=True, min_image_size=args.min_image_size,
@@ -205,6 +252,8 @@ class Pretrainer:
         if warmup is None:
             warmup = int(round((args.warmup_epochs or 0) * self.steps_per_epoch))
         self.warmup_steps = warmup
+        # Epoch milestones at the first step of that epoch: the official schedule changes the lr per epoch.
+        self.lr_milestones = tuple(int(round(e * self.steps_per_epoch)) for e in args.lr_decay_epochs or ())
         self.global_step = 0
         self.last_checkpoint: Path | None = None
         self._last_bad: dict[str, float] = {}
@@ -389,6 +438,10 @@ class Pretrainer:
                 logger.info("no checkpoint in %s: starting from scratch", self.output_dir / "checkpoints")
         if acc.is_main_process:
             resolved = {**dataclasses.asdict(args), "model_config": self.config.to_dict(),
+                        "resolved": {"global_batch_size": self.global_batch, "per_device_batch_size": self.plan.per_device,
+                                     "num_processes": acc.num_processes,
+                                     "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                                     "bn_splits": self.plan.bn_splits, "peak_learning_rate": self.peak_lr},
                         "command": self._command()}
             (self.output_dir / "training_args.json").write_text(json.dumps(resolved, indent=2, default=str))
         if self.trackers:
@@ -513,7 +566,7 @@ class Pretrainer:
 
     def _set_lr(self, step: int) -> float:
         lr = learning_rate_at(step, total=self.total_steps, warmup=self.warmup_steps, peak=self.peak_lr,
-                              final=self.args.min_lr, schedule=self.args.lr_schedule)
+                              final=self.args.min_lr, schedule=self.args.lr_schedule, milestones=self.lr_milestones)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr

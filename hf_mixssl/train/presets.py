@@ -1,5 +1,11 @@
 """Official recipes as presets: ``--preset NAME`` sets these values as defaults (CLI flags still win).
 
+Batch sizes are global (``global_batch_size``: over all processes and accumulation steps, as the papers state
+them); the per-device batch follows from the world size. BatchNorm that the official code computes per GPU keeps
+its group size on any world size (``bn_group_size``). ResNets are built as the official code builds them:
+torchvision's default init (the last BN of each block starts at 1; ``zero_init_last: False`` for timm) for MoCo
+v1/v2, the CIFAR Colab, Un-Mix and EMP-SSL; MoCo v3 and OpenMixup zero it, as timm does by default.
+
 A method's own defaults (applied below any preset) live in its registry entry (``hf_mixssl.methods``).
 
 Values are read from the official code and papers (METHODS.md). Learning rates marked ``scale_lr`` are
@@ -14,18 +20,22 @@ from typing import Any
 from ..data.views import CIFAR10_MEAN, CIFAR10_STD
 from ..methods import get_method
 
+_TORCHVISION_INIT = {"zero_init_last": False}  # torchvision resnet*(): zero_init_residual=False
+
+# main_moco.py: 256 = 8 GPUs x 32, BN per GPU (groups of 32) with shuffle-BN across GPUs.
 _MOCO_IMAGENET = {
-    "backbone": "resnet50", "image_size": 224, "per_device_batch_size": 256, "optimizer": "sgd",
-    "learning_rate": 0.03, "weight_decay": 1e-4, "sgd_momentum": 0.9, "num_epochs": 200,
-    "queue_size": 65536, "momentum": 0.999, "lr_schedule": "cosine", "exclude_bias_norm_wd": False,
+    "backbone": "resnet50", "backbone_kwargs": _TORCHVISION_INIT, "image_size": 224, "global_batch_size": 256,
+    "bn_group_size": 32, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4, "sgd_momentum": 0.9,
+    "num_epochs": 200, "queue_size": 65536, "momentum": 0.999, "lr_schedule": "cosine", "exclude_bias_norm_wd": False,
 }
 
 _MOCO_CIFAR = {
-    "method": "moco_v2", "backbone": "resnet18", "cifar_stem": True, "image_size": 32,
-    "image_mean": list(CIFAR10_MEAN), "image_std": list(CIFAR10_STD), "views": "moco_cifar",
-    "per_device_batch_size": 512, "optimizer": "sgd", "learning_rate": 0.06, "weight_decay": 5e-4,
+    "method": "moco_v2", "backbone": "resnet18", "backbone_kwargs": _TORCHVISION_INIT, "cifar_stem": True,
+    "image_size": 32, "image_mean": list(CIFAR10_MEAN), "image_std": list(CIFAR10_STD), "views": "moco_cifar",
+    "global_batch_size": 512, "optimizer": "sgd", "learning_rate": 0.06, "weight_decay": 5e-4,
     "sgd_momentum": 0.9, "num_epochs": 200, "queue_size": 4096, "momentum": 0.99, "tau": 0.1,
-    "proj_num_layers": 1, "bn_splits": 8, "symmetric": False, "lr_schedule": "cosine",
+    # The Colab's SplitBatchNorm(num_splits=8) on one GPU: BN over groups of 64 of its 512 images.
+    "proj_num_layers": 1, "bn_group_size": 64, "symmetric": False, "lr_schedule": "cosine",
     "exclude_bias_norm_wd": False, "knn_k": 200, "knn_t": 0.1, "eval_features": "projection",
 }
 
@@ -34,19 +44,21 @@ _MOCO_CIFAR = {
 _MIXUP_CIFAR = {
     "method": "mixup", "backbone": "resnet18", "cifar_stem": True, "image_size": 32,
     "image_mean": list(CIFAR10_MEAN), "image_std": list(CIFAR10_STD), "views": "classify",
-    "per_device_batch_size": 100, "optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 1e-4,
+    "global_batch_size": 100, "optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 1e-4,
     "sgd_momentum": 0.9, "num_epochs": 800, "lr_schedule": "cosine", "exclude_bias_norm_wd": False,
 }
 
 _EMP_SSL_CIFAR = {
-    "method": "emp_ssl", "backbone": "resnet18", "cifar_stem": True, "image_size": 32, "per_device_batch_size": 100,
-    "num_epochs": 30, "num_patches": 20, "crop_scale": 0.25, "tcr_eps": 0.2, "invariance_weight": 200.0,
+    "method": "emp_ssl", "backbone": "resnet18", "backbone_kwargs": _TORCHVISION_INIT, "cifar_stem": True,
+    "image_size": 32, "global_batch_size": 100, "num_epochs": 30,
+    # evaluate.py / func.py: kNN with k 20 and T 0.07.
+    "knn_k": 20, "knn_t": 0.07, "num_patches": 20, "crop_scale": 0.25, "tcr_eps": 0.2, "invariance_weight": 200.0,
     "tcr_weight": 1.0, "hidden_dim": 4096, "z_dim": 1024, "eval_patches": 128, "eval_features": "pre_feature",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # MoCo v1 (He et al. 2020): linear head, tau 0.07. The paper's step decay is replaced by cosine (v2's).
-    "moco_v1_imagenet": {"method": "moco_v1", **_MOCO_IMAGENET},
+    # MoCo v1 (He et al. 2020): linear head, tau 0.07, lr x0.1 at epochs 120 and 160 (main_moco.py --schedule).
+    "moco_v1_imagenet": {"method": "moco_v1", **_MOCO_IMAGENET, "lr_schedule": "step", "lr_decay_epochs": [120, 160]},
     # MoCo v2 (Chen et al. 2020): MLP head, blur, tau 0.2, cosine; 67.5 linear top-1 at 200 ep.
     "moco_v2_imagenet": {"method": "moco_v2", **_MOCO_IMAGENET},
     # MoCo CIFAR-10 Colab: ResNet-18 CIFAR stem, B 512, lr 0.06, wd 5e-4, K 4096, m 0.99, tau 0.1,
@@ -63,14 +75,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cutmix_cifar": {**_MIXUP_CIFAR, "mix_modes": ["cutmix"], "mix_alpha": [0.2]},
     # AutoMix CIFAR (OpenMixup automix_r18 CIFAR-100 config): Beta(2, 2), MixBlock on layer3, no lam channel,
     # constant mask loss 0.1, EMA 0.999 -> 0.999999 from 10% of training; 82.04 top-1 on CIFAR-100 at 800 ep.
-    "automix_cifar": {**_MIXUP_CIFAR, "method": "automix", "mix_alpha": [2.0], "mixblock_stage": 3,
+    # OpenMixup's CIFAR configs anneal the lr to min_lr=0.05 (CosineAnnealing), not to 0.
+    "automix_cifar": {**_MIXUP_CIFAR, "method": "automix", "min_lr": 0.05, "mix_alpha": [2.0], "mixblock_stage": 3,
                       "lam_concat": False, "mask_loss_weight": 0.1, "mask_loss_schedule": "constant",
                       "momentum": 0.999, "momentum_final": 0.999999, "momentum_start": 0.1},
     # AutoMix ImageNet R-50: lr 0.1 at B 256, lam channel, cosine-decayed mask loss, EMA to 0.99999;
     # 77.91 top-1 at 100 ep, 79.25 at 300 ep.
     "automix_imagenet": {
         "method": "automix", "backbone": "resnet50", "image_size": 224, "views": "classify",
-        "per_device_batch_size": 256, "optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 1e-4,
+        "global_batch_size": 256, "optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 1e-4,
         "sgd_momentum": 0.9, "num_epochs": 100, "lr_schedule": "cosine", "mix_alpha": [2.0], "mixblock_stage": 3,
         "lam_concat": True, "mask_loss_weight": 0.1, "mask_loss_schedule": "cosine", "momentum": 0.999,
         "momentum_final": 0.99999, "momentum_start": 0.1,
@@ -78,25 +91,29 @@ PRESETS: dict[str, dict[str, Any]] = {
     "unmix_moco_v2_imagenet": {"method": "moco_v2", **_MOCO_IMAGENET, "unmix": True, "unmix_global_prob": 0.5,
                                "unmix_beta": 1.0},
     # MoCo v3 ResNet-50 (Chen, Xie, He 2021): LARS, B 4096, base lr 0.6 x B/256, wd 1e-6, 10 warmup
-    # epochs, tau 1.0, m 0.99 -> 1 (cosine); 68.9 linear top-1 at 100 ep.
+    # epochs, tau 1.0, m 0.99 -> 1 (cosine), crops from 0.2 of the area (CONFIG.md: --crop-min=.2);
+    # 68.9 linear top-1 at 100 ep.
     "moco_v3_resnet50": {
-        "method": "moco_v3", "backbone": "resnet50", "image_size": 224, "per_device_batch_size": 4096,
+        "method": "moco_v3", "backbone": "resnet50", "image_size": 224, "global_batch_size": 4096,
+        "min_crop_scale": 0.2,
         "optimizer": "lars", "learning_rate": 0.6, "scale_lr": True, "weight_decay": 1e-6,
         "sgd_momentum": 0.9, "num_epochs": 100, "warmup_epochs": 10, "tau": 1.0,
         "lr_schedule": "cosine", "exclude_bias_norm_wd": True,
     },
-    # MoCo v3 ViT-S/16: AdamW lr 1.5e-4 x B/256, wd 0.1, 40 warmup epochs, tau 0.2, frozen patch
-    # embedding, 3-layer projector; 73.2 linear top-1 at 300 ep.
+    # MoCo v3 ViT-S/16: AdamW lr 1.5e-4 x B/256, wd 0.1 on every parameter (main_moco.py builds AdamW on
+    # model.parameters()), 40 warmup epochs, tau 0.2, frozen patch embedding, 3-layer projector; 73.2 linear top-1
+    # at 300 ep. Still differs: timm's ViT-S/16 (6 heads, learned position embedding, timm init) stands in for
+    # vits.py's (12 heads, fixed 2-D sin-cos, its own init).
     "moco_v3_vit": {
         "method": "moco_v3", "backbone": "vit_small_patch16_224", "image_size": 224,
-        "per_device_batch_size": 4096, "optimizer": "adamw", "learning_rate": 1.5e-4, "scale_lr": True,
+        "global_batch_size": 4096, "optimizer": "adamw", "learning_rate": 1.5e-4, "scale_lr": True,
         "weight_decay": 0.1, "num_epochs": 300, "warmup_epochs": 40, "tau": 0.2, "proj_num_layers": 3,
-        "freeze_patch_embed": True, "lr_schedule": "cosine", "exclude_bias_norm_wd": True,
+        "freeze_patch_embed": True, "lr_schedule": "cosine", "exclude_bias_norm_wd": False,
     },
     # MAE ViT-B/16 (He et al. 2021): mask 0.75, decoder 512 x 8 x 16, norm_pix_loss, B 4096, 40 warmup of
     # 800 epochs; 83.6 top-1 after ImageNet fine-tuning (1600 ep).
     "mae_vit_base_imagenet": {
-        "method": "mae", "backbone": "vit_base_patch16_224", "image_size": 224, "per_device_batch_size": 4096,
+        "method": "mae", "backbone": "vit_base_patch16_224", "image_size": 224, "global_batch_size": 4096,
         "num_epochs": 800, "warmup_epochs": 40, "mask_ratio": 0.75, "decoder_embed_dim": 512, "decoder_depth": 8,
         "decoder_num_heads": 16, "norm_pix_loss": True,
     },
@@ -104,7 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # paper's decoder and optimiser, B 256; the epochs and warmup keep the paper's 1:20 ratio.
     "mae_vit_tiny_cifar": {
         "method": "mae", "backbone": "vit_tiny_patch16_224", "backbone_kwargs": {"patch_size": 4}, "image_size": 32,
-        "image_mean": list(CIFAR10_MEAN), "image_std": list(CIFAR10_STD), "per_device_batch_size": 256,
+        "image_mean": list(CIFAR10_MEAN), "image_std": list(CIFAR10_STD), "global_batch_size": 256,
         "num_epochs": 400, "warmup_epochs": 20, "mask_ratio": 0.75, "decoder_embed_dim": 512, "decoder_depth": 8,
         "decoder_num_heads": 16, "norm_pix_loss": True,
     },

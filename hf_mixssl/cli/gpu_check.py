@@ -166,7 +166,7 @@ def knn_run(args, cifar_rate: float, device: torch.device) -> dict:
             "--augment_on", "auto"]
     if args.smoke:
         argv += ["--backbone", "test_resnet", "--queue_size", "64", "--knn_train_samples", "64",
-                 "--knn_test_samples", "32"]
+                 "--knn_test_samples", "32", "--bn_group_size", "8"]
     if device.type == "cuda":
         argv += ["--channels_last"]
     start = time.perf_counter()

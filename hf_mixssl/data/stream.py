@@ -17,10 +17,12 @@ The stream is deliberately *not* passed through ``accelerator.prepare`` (that wo
 
 from __future__ import annotations
 
+import atexit
 import io
 import itertools
 import logging
 import signal
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -161,6 +163,20 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for handler in list(logging.getLogger("hf_mixssl").handlers):  # the run's train.log belongs to the parent
         logging.getLogger("hf_mixssl").removeHandler(handler)
+
+
+# Arrow's parquet reader may still have background threads right after a stream is closed; an interpreter that
+# exits then aborts ("terminate called without an active exception", apache/arrow#45214). datasets sleeps 5 s
+# at every close for this; we wait only at exit, and only for what is left of those 5 s.
+_ARROW_GRACE_S = 5.0
+_closed_at = [float("-inf")]
+
+
+@atexit.register
+def _let_arrow_threads_finish() -> None:
+    remaining = _ARROW_GRACE_S - (time.monotonic() - _closed_at[0])
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 class DataWorkerError(RuntimeError):
@@ -354,6 +370,9 @@ class ImageStream:
                         f"batch_size={self.batch_size} usable images per epoch"
                     )
                 self.state = StreamState(epoch=self.state.epoch + 1, position=0)
+        except BaseException:  # closed (GeneratorExit) or failed mid-stream: Arrow's reader threads may still run
+            _closed_at[0] = time.monotonic()
+            raise
         finally:
             if pool is not None:
                 _stop_pool(pool)

@@ -143,3 +143,72 @@ def test_two_ranks_draw_their_own_randomness_and_share_the_batch_plan(tmp_path, 
     assert sorted(r["rank"] for r in records) == [0, 1]
     assert all(r["per_device"] == 16 and r["global"] == 32 for r in records)
     assert records[0]["draw"] != records[1]["draw"] and records[0]["lam"] != records[1]["lam"]
+
+
+def test_knn_monitor_is_the_same_on_one_and_two_processes(tmp_path, messy_dataset):
+    """Each rank extracts its share of both splits; the gathered kNN equals the single-process one."""
+    import json
+    import os
+    import re
+    import subprocess
+    import textwrap
+
+    from conftest import two_process_launch
+    from hf_mixssl.evaluation.protocols import EvalData, knn_evaluate
+    from hf_mixssl.methods import get_method
+
+    entry = get_method("moco_v2")
+    torch.manual_seed(0)
+    model = entry.model_class(entry.config_class(version=2, backbone="test_resnet", image_size=32, queue_size=64))
+    model.save_pretrained(tmp_path / "model")
+    single = knn_evaluate(model, EvalData(messy_dataset), knn_k=5)
+    script = tmp_path / "knn.py"
+    script.write_text(textwrap.dedent(f"""
+        import json
+        from accelerate import Accelerator
+        import hf_mixssl
+        from transformers import AutoModel
+        from hf_mixssl.evaluation.protocols import EvalData, knn_evaluate
+        acc = Accelerator()
+        model = AutoModel.from_pretrained({str(tmp_path / 'model')!r})
+        data = EvalData({messy_dataset!r}, rank=acc.process_index, world_size=acc.num_processes)
+        print("RESULT " + json.dumps({{"rank": acc.process_index, **knn_evaluate(model, data, knn_k=5)}}), flush=True)
+    """))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    proc = subprocess.run([*two_process_launch(), str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(m) for m in re.findall(r"RESULT (\{[^}]*\})", proc.stdout)]
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    for r in results:
+        assert r["knn_top1"] == pytest.approx(single["knn_top1"], abs=1e-9)
+        assert (r["knn_train_samples"], r["knn_test_samples"]) == (single["knn_train_samples"], single["knn_test_samples"])
+
+
+def test_a_presets_card_shows_its_curve_beside_the_published_one(tmp_path, cifar10):
+    from PIL import Image
+
+    from hf_mixssl.train.arguments import parse_args
+    from hf_mixssl.train.loop import pretrain
+
+    out = tmp_path / "colab"
+    args = parse_args(["--preset", "moco_v2_cifar", "--dataset", cifar10, "--backbone", "test_resnet",
+                       "--backbone_kwargs", "{}", "--per_device_batch_size", "16", "--bn_group_size", "8",
+                       "--queue_size", "64", "--max_steps", "4", "--knn_every", "2", "--knn_train_samples", "128",
+                       "--knn_test_samples", "64", "--num_workers", "0", "--report_to", "none",
+                       "--checkpointing_steps", "0", "--image_every", "-1", "--output_dir", str(out)])
+    pretrain(args)
+    picture = Image.open(out / "published_curve.png")
+    assert picture.size == (560, 340)
+    card = (out / "README.md").read_text()
+    assert "### Compared with the published numbers" in card and "moco_cifar10_demo.ipynb" in card
+    assert "| 20 | 61.40 | |" in card and "![knn_top1" in card
+    assert sum(line.startswith("| 0.0") for line in card.splitlines()) == 2  # the run's two kNN points
+
+
+def test_preset_help_names_its_source_and_differences(capsys):
+    from hf_mixssl.train.arguments import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--preset", "moco_v3_vit", "--help"])
+    text = capsys.readouterr().out
+    assert "published linear_top1 on ImageNet-1k: epoch 300: 73.2" in text and "vits.py" in text

@@ -43,10 +43,12 @@ def extract_features(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     progress: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    allow_empty: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Run ``features_fn`` over ``{"pixel_values", "labels"}`` batches -> ``(feats [N, D] fp32, labels [N])``.
 
-    ``progress`` names a progress bar (none when ``None``)."""
+    ``progress`` names a progress bar (none when ``None``). No batches is an error, or ``(None, None)`` with
+    ``allow_empty`` (a rank whose share of a small split is empty)."""
     from tqdm.auto import tqdm
 
     feats, labels = [], []
@@ -58,6 +60,8 @@ def extract_features(
         feats.append(f.float().cpu())
         labels.append(batch["labels"].cpu())
     if not feats:
+        if allow_empty:
+            return None, None
         raise ValueError("no batches to extract features from")
     return torch.cat(feats), torch.cat(labels)
 
@@ -122,9 +126,37 @@ def default_eval_split(dataset: str, name: str | None = None) -> str:
     raise ValueError(f"dataset {dataset!r} has no test/validation split ({names}); pass --eval_split")
 
 
+def gather_rows(t: torch.Tensor | None, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """Concatenate every rank's ``t: [n_rank, ...]`` (sizes may differ; ``None`` = no rows) in rank order, on
+    every rank, on the CPU; ``t`` itself on one process. The collective runs on ``device`` (NCCL needs CUDA)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    world = dist.get_world_size()
+    metas: list = [None] * world  # (rows, trailing shape, dtype) per rank; an empty rank takes the others' shape
+    dist.all_gather_object(metas, None if t is None else (t.shape[0], tuple(t.shape[1:]), t.dtype))
+    known = [m for m in metas if m is not None]
+    if not known:
+        return None
+    _, shape, dtype = known[0]
+    rows = [0 if m is None else m[0] for m in metas]
+    padded = torch.zeros((max(rows), *shape), dtype=dtype, device=device)
+    if t is not None:
+        padded[: t.shape[0]] = t.to(device)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, rows)]).cpu()
+
+
 @dataclass
 class EvalData:
-    """Where and how evaluation reads images: deterministic eval transform at the model's resolution."""
+    """Where and how evaluation reads images: deterministic eval transform at the model's resolution.
+
+    With ``world_size > 1`` every rank extracts its share of a split (``split_dataset_by_node``) and the outputs
+    are gathered on every rank, so no rank waits at a barrier while one extracts a whole split (NCCL's timeout
+    kills such runs). ``limit`` rows are then ``ceil(limit / world_size)`` per rank.
+    """
 
     dataset: str
     dataset_config: str | None = None
@@ -138,6 +170,8 @@ class EvalData:
     # Keep each (fn, split, limit) result: a script evaluating one fixed model with several protocols (kNN and a
     # linear probe) extracts its features once. Off for the trainer, whose model changes between evaluations.
     reuse: bool = False
+    rank: int = 0
+    world_size: int = 1
     _results: dict = field(default_factory=dict, repr=False)
 
     def split_or_default(self, split: str | None) -> str:
@@ -159,18 +193,24 @@ class EvalData:
 
         config = model.config
         tf = eval_transform(size=config.image_size, mean=config.image_mean, std=config.image_std)
+        per_rank = None if limit is None else -(-limit // self.world_size)
         stream = ImageStream(
             self.dataset, split, tf, self.batch_size, name=self.dataset_config, image_column=self.image_column,
-            label_column=self.label_column, shuffle=False, infinite=False, max_samples=limit,
-            num_workers=self.num_workers,
+            label_column=self.label_column, shuffle=False, infinite=False, max_samples=per_rank,
+            num_workers=self.num_workers, rank=self.rank, world_size=self.world_size,
         )
         was_training = model.training
         model.eval()
         try:
-            return extract_features(fn, stream.on_device(self.device), device=self.device, autocast_dtype=self.autocast_dtype,
-                                    progress=f"features ({split})" if self.progress else None)
+            outputs, labels = extract_features(
+                fn, stream.on_device(self.device), device=self.device, autocast_dtype=self.autocast_dtype,
+                progress=f"features ({split})" if self.progress else None, allow_empty=self.world_size > 1)
         finally:
             model.train(was_training)
+        outputs, labels = gather_rows(outputs, self.device), gather_rows(labels, self.device)
+        if outputs is None:
+            raise ValueError(f"split {split!r} of dataset {self.dataset!r} gave no usable images to evaluate")
+        return outputs, labels
 
 
 def knn_evaluate(

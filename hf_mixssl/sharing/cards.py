@@ -61,6 +61,99 @@ def results_of(evals: dict[str, Any]) -> list[tuple[str, str, float]]:
     return rows
 
 
+def run_curve(run: Path, metric: str) -> dict[float, float]:
+    """``{epoch: value in %}`` of the run's monitor from ``train_log.jsonl`` (steps -> epochs by the logged epoch)."""
+    path = run / "train_log.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    scale = next((r["epoch"] / r["step"] for r in reversed(rows) if r.get("epoch") and r.get("step")), None)
+    if scale is None:
+        return {}
+    return {r["step"] * scale: 100.0 * r[metric] for r in rows if isinstance(r.get(metric), (int, float))}
+
+
+def curve_picture(published: dict[float, float], ours: dict[float, float], *, title: str,
+                  size: tuple[int, int] = (560, 340)):
+    """A PIL line chart: the published numbers and this run's by epoch (log-scaled epochs, 0-100 %)."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    left, right, top, bottom = 48, 16, 28, 40
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    epochs = [e for e in (*published, *ours) if e > 0] or [1.0]
+    lo, hi = math.log10(min(epochs) / 1.5), math.log10(max(epochs) * 1.5)
+
+    def xy(epoch: float, value: float) -> tuple[float, float]:
+        x = left + (math.log10(max(epoch, 10 ** lo)) - lo) / (hi - lo) * (w - left - right)
+        return x, top + (1 - value / 100) * (h - top - bottom)
+
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for v in range(0, 101, 20):
+        _, y = xy(1, v)
+        d.line([left - 4, y, left, y], fill="black")
+        d.text((4, y - 6), f"{v}%", fill="black")
+    for e in sorted({10 ** k for k in range(math.floor(lo), math.ceil(hi) + 1)} | set(published)):
+        if 10 ** lo <= e <= 10 ** hi:
+            x, _ = xy(e, 0)
+            d.line([x, h - bottom, x, h - bottom + 4], fill="black")
+            d.text((x - 8, h - bottom + 6), f"{e:g}", fill="black")
+    d.text((left, 6), title, fill="black")
+    d.text((w // 2 - 20, h - 16), "epoch", fill="black")
+    for points, colour, name in ((published, (200, 30, 30), "published"), (ours, (30, 80, 200), "this run")):
+        pts = [xy(e, v) for e, v in sorted(points.items()) if e > 0]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    d.text((w - right - 150, top + 6), "published", fill=(200, 30, 30))
+    d.text((w - right - 150, top + 20), "this run", fill=(30, 80, 200))
+    return img
+
+
+PUBLISHED_PICTURE = "published_curve.png"
+
+
+def write_published_curve(run_dir: str | Path) -> Path | None:
+    """Draw the run's monitor beside its preset's published numbers into ``<run>/published_curve.png`` (when the
+    run used a preset with published numbers in the same metric as its monitor)."""
+    from ..train.presets import PUBLISHED
+
+    run = Path(run_dir)
+    args_path = run / "training_args.json"
+    args = json.loads(args_path.read_text()) if args_path.is_file() else {}
+    pub = PUBLISHED.get(args.get("preset") or "")
+    if pub is None:
+        return None
+    ours = run_curve(run, pub.metric)
+    if not ours:
+        return None
+    path = run / PUBLISHED_PICTURE
+    curve_picture(pub.by_epoch, ours, title=f"{pub.metric} (%): {args['preset']} vs published ({pub.dataset})").save(path)
+    return path
+
+
+def published_section(run: Path, args: dict[str, Any], evals: dict[str, Any]) -> str:
+    """Markdown: the preset's published numbers beside this run's (picture, then the table)."""
+    from ..train.presets import PUBLISHED
+
+    pub = PUBLISHED.get(args.get("preset") or "")
+    if pub is None:
+        return ""
+    ours = run_curve(run, pub.metric)
+    lines = [f"\n\n### Compared with the published numbers\n\nPreset `{args['preset']}`, source: {pub.source}. "
+             f"Published {pub.metric} on {pub.dataset}" + (f"; differs: {pub.differs}" if pub.differs else "") + "."]
+    if (run / PUBLISHED_PICTURE).is_file():
+        lines.append(f"\n![{pub.metric}: this run and the published numbers]({PUBLISHED_PICTURE})")
+    rows = [f"| {e:g} | {v:.2f} | |" for e, v in sorted(pub.by_epoch.items())]
+    rows += [f"| {e:.2f} | | {v:.2f} |" for e, v in sorted(ours.items())]
+    lines.append("\n| epoch | published (%) | this run (%) |\n|---|---|---|\n" + "\n".join(rows))
+    return "\n".join(lines)
+
+
 @torch.no_grad()
 def count_gmacs(encoder: torch.nn.Module, image_size: int) -> float:
     """Multiply-accumulates (x1e9) of one forward of ``encoder`` on a ``1 x 3 x S x S`` image."""
@@ -131,6 +224,7 @@ def render_model_card(run_dir: str | Path, *, repo_id: str | None = None, model=
                                             f"split of {dataset_name}." if step else "")
     else:
         results_table = "This run has no evaluation results yet (`eval_results.json` holds no score)."
+    results_table += published_section(run, args, evals)
     model_details = "\n".join([
         f"- Backbone: timm `{config['backbone']}`" + (f" with `{config['backbone_kwargs']}`" if config.get(
             "backbone_kwargs") else "") + (", CIFAR stem (3x3 conv, no max-pool)" if config.get("cifar_stem") else ""),

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..methods import Method, get_method, list_methods
 from ..models.config_fields import BACKBONE_FIELDS
-from .presets import PRESETS, resolve_defaults
+from .presets import PRESETS, describe_preset, resolve_defaults
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -365,6 +365,10 @@ def parse_args(argv: list[str] | None = None) -> PretrainArguments:
     if method is not None:
         get_method(method)  # an unknown name is an error naming the close ones, before any usage text
     parser = build_parser(method)
+    preset = getattr(known, "preset", file_values.get("preset"))
+    if preset in PRESETS:  # --help shows where the recipe comes from and how it differs from the official one
+        parser.epilog = describe_preset(preset)
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
     cli, rest = parser.parse_known_args(argv)
     if rest:
         parser.error(_unknown_flags_message(rest, method))

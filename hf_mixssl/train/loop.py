@@ -32,7 +32,7 @@ from ..data.views import view_transform
 from ..evaluation.protocols import EvalData, accuracy_evaluate, knn_evaluate
 from ..methods import get_method
 from ..models.momentum import cosine_anneal
-from ..sharing.cards import render_model_card
+from ..sharing.cards import render_model_card, write_published_curve
 from ..sharing.hub import export_model_encoder, read_encoder_export
 from .arguments import PretrainArguments, config_field_names
 from .device import bf16_cpu_warning, to_channels_last
@@ -375,30 +375,29 @@ class Pretrainer:
 
     # -- evaluation
     def evaluate(self) -> dict[str, float]:
-        """The run's evaluation on the main process: top-1 of a classifier's logits, else weighted kNN."""
+        """The run's evaluation: top-1 of a classifier's logits, else weighted kNN. Every rank extracts its share
+        of the splits and gets the gathered result (no rank idles at a barrier while one reads a whole split)."""
         acc, args = self.accelerator, self.args
-        result: dict[str, float] = {}
-        if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            data = EvalData(
-                args.dataset, args.dataset_config, args.image_column, args.label_column,
-                num_workers=args.num_workers, device=acc.device,
-                autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
-            )
-            if self.method.supervised:
-                result = accuracy_evaluate(model, data, eval_split=args.eval_split, test_samples=args.knn_test_samples)
-                logger.info("step %d: top-1 %.4f (%d samples)", self.global_step, result["top1"], result["eval_samples"])
-                for key, logits_fn in model.extra_classifiers().items():
-                    result.update(accuracy_evaluate(model, data, eval_split=args.eval_split, key=key,
-                                                    test_samples=args.knn_test_samples, logits_fn=logits_fn))
-                    logger.info("step %d: %s %.4f", self.global_step, key, result[key])
-            else:
-                result = knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,
-                                      train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
-                                      knn_k=args.knn_k, knn_t=args.knn_t)
-                logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, result["knn_top1"],
-                            result["knn_train_samples"], result["knn_test_samples"])
-        acc.wait_for_everyone()
+        model = acc.unwrap_model(self.model)
+        data = EvalData(
+            args.dataset, args.dataset_config, args.image_column, args.label_column,
+            num_workers=args.num_workers, device=acc.device,
+            autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
+            rank=acc.process_index, world_size=acc.num_processes,
+        )
+        if self.method.supervised:
+            result = accuracy_evaluate(model, data, eval_split=args.eval_split, test_samples=args.knn_test_samples)
+            logger.info("step %d: top-1 %.4f (%d samples)", self.global_step, result["top1"], result["eval_samples"])
+            for key, logits_fn in model.extra_classifiers().items():
+                result.update(accuracy_evaluate(model, data, eval_split=args.eval_split, key=key,
+                                                test_samples=args.knn_test_samples, logits_fn=logits_fn))
+                logger.info("step %d: %s %.4f", self.global_step, key, result[key])
+        else:
+            result = knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,
+                                  train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
+                                  knn_k=args.knn_k, knn_t=args.knn_t)
+            logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, result["knn_top1"],
+                        result["knn_train_samples"], result["knn_test_samples"])
         return result
 
     # -- the loop
@@ -585,6 +584,7 @@ class Pretrainer:
                        "dataset": self.args.dataset, **eval_results}
             (self.output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
             try:  # the card describes the run; failing to render it must not lose the run
+                write_published_curve(self.output_dir)
                 render_model_card(self.output_dir, model=model).save(self.output_dir / "README.md")
             except Exception as e:  # noqa: BLE001
                 logger.warning("model card not written: %s", e)

@@ -15,6 +15,7 @@ base rates multiplied by ``global_batch / 256`` (MoCo v3, MAE convention).
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from typing import Any
 
 from ..data.views import CIFAR10_MEAN, CIFAR10_STD
@@ -131,6 +132,74 @@ PRESETS: dict[str, dict[str, Any]] = {
     "emp_ssl_cifar_100": {**_EMP_SSL_CIFAR, "num_patches": 100},  # 200 patches: 82.6 / 91.5 / 93.4
     "emp_ssl_cifar_200": {**_EMP_SSL_CIFAR, "num_patches": 200},
 }
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a preset should reach: the source, the metric (an ``eval_results.json`` key), the dataset it was
+    measured on, the numbers (%) by epoch, and where the preset differs from the official recipe ("" = nowhere)."""
+
+    source: str
+    metric: str
+    dataset: str
+    by_epoch: dict[float, float]
+    differs: str = ""
+
+
+_VITS = ("timm's ViT-S/16 (6 heads, learned position embedding, timm init) instead of moco-v3 vits.py's (12 heads, "
+         "fixed 2-D sin-cos, its own init)")
+PUBLISHED: dict[str, Published] = {
+    "moco_v1_imagenet": Published("He et al. 2020, Table; facebookresearch/moco main_moco.py", "linear_top1",
+                                  "ImageNet-1k", {200: 60.8}),
+    "moco_v2_imagenet": Published("Chen et al. 2020, Table 1; facebookresearch/moco main_moco.py --aug-plus --mlp "
+                                  "--cos", "linear_top1", "ImageNet-1k", {200: 67.5, 800: 71.1},
+                                  differs="cosine lr per step, not per epoch"),
+    "moco_v2_cifar": Published("facebookresearch/moco colab/moco_cifar10_demo.ipynb (asymmetric, 200-epoch schedule)",
+                               "knn_top1", "CIFAR-10", {1: 32.0, 2: 33.5, 5: 38.0, 10: 48.0, 20: 61.4, 50: 73.3,
+                                                        100: 78.1, 200: 82.6},
+                               differs="cosine lr per step, not per epoch"),
+    "unmix_moco_cifar": Published("szq0214/Un-Mix unmix_c10.py; Shen et al. 2022, Table 1 (symmetric)", "knn_top1",
+                                  "CIFAR-10", {1000: 92.25}),
+    "unmix_moco_v2_imagenet": Published("Shen et al. 2022, Table 3", "linear_top1", "ImageNet-1k", {200: 68.6}),
+    "moco_v3_resnet50": Published("Chen, Xie, He 2021, Table; facebookresearch/moco-v3 CONFIG.md", "linear_top1",
+                                  "ImageNet-1k", {100: 68.9, 300: 72.8, 1000: 74.6}),
+    "moco_v3_vit": Published("Chen, Xie, He 2021, Table; facebookresearch/moco-v3 CONFIG.md", "linear_top1",
+                             "ImageNet-1k", {300: 73.2}, differs=_VITS),
+    "mae_vit_base_imagenet": Published("He et al. 2021, Table 3 (fine-tuned, 1600-epoch pretraining)",
+                                       "finetune_top1", "ImageNet-1k", {1600: 83.6}),
+    "mixup_cifar": Published("Liu et al. 2022 (AutoMix), Table (OpenMixup, R-18)", "top1", "CIFAR-100", {800: 79.12},
+                             differs="OpenMixup's numbers are on CIFAR-100; the default dataset here is CIFAR-10"),
+    "cutmix_cifar": Published("Liu et al. 2022 (AutoMix), Table (OpenMixup, R-18)", "top1", "CIFAR-100", {800: 78.17},
+                              differs="OpenMixup's numbers are on CIFAR-100; the default dataset here is CIFAR-10"),
+    "automix_cifar": Published("Liu et al. 2022, Table; OpenMixup automix r18 CIFAR-100 config", "top1", "CIFAR-100",
+                               {800: 82.04}, differs="OpenMixup's numbers are on CIFAR-100 (default dataset here: "
+                               "CIFAR-10); the momentum encoder's clean pass stops at the MixBlock stage; the EMA "
+                               "cosine is stretched over 10-100% of training"),
+    "automix_imagenet": Published("Liu et al. 2022, Table (R-50)", "top1", "ImageNet-1k", {100: 77.91, 300: 79.25},
+                                  differs="the MixBlock follows the backbone's lr schedule with momentum 0.9 (the "
+                                  "official one decays to 1e-3 with momentum 0); the momentum encoder's clean pass "
+                                  "stops at the MixBlock stage"),
+    "emp_ssl_cifar": Published("Tong et al. 2023, Table 1 (20 patches); tsb0601/EMP-SSL", "linear_top1", "CIFAR-10",
+                               {1: 80.6, 10: 90.7, 30: 93.1},
+                               differs="the quick probe is BN + Linear on cached features, not evaluate.py's plain "
+                               "Linear (lr 0.03, wd 5e-5, batch 100)"),
+    "emp_ssl_cifar_200": Published("Tong et al. 2023, Table 1 (200 patches)", "linear_top1", "CIFAR-10",
+                                   {1: 82.6, 10: 91.5, 30: 93.4}),
+}
+
+
+def describe_preset(name: str) -> str:
+    """A preset's values, source, published numbers and differences from the official recipe (``--help``)."""
+    import textwrap
+
+    values = ", ".join(f"{k}={v}" for k, v in PRESETS[name].items())
+    lines = textwrap.wrap(f"preset {name}: {values}", 100, subsequent_indent="    ")
+    pub = PUBLISHED.get(name)
+    if pub:
+        numbers = ", ".join(f"epoch {e:g}: {v:g}" for e, v in sorted(pub.by_epoch.items()))
+        lines += [f"  source: {pub.source}", f"  published {pub.metric} on {pub.dataset}: {numbers}",
+                  f"  differs from the official recipe: {pub.differs or 'nowhere known'}"]
+    return "\n".join(lines)
 
 
 def resolve_defaults(method: str | None, preset: str | None) -> dict[str, Any]:

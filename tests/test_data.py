@@ -72,6 +72,37 @@ class TestBadImages:
         assert img.getpixel((0, 0)) == (255, 255, 255)  # transparent pixels become white, not black
         assert decode_image(Image.new("RGB", (1, 1)))[1] == "too_small"
 
+    def test_oversized_images_are_never_decoded_at_full_size(self):
+        import io
+
+        from PIL import Image
+
+        def png(size, mode="1"):
+            buf = io.BytesIO()
+            Image.new(mode, size).save(buf, format="PNG")
+            return {"bytes": buf.getvalue(), "path": "bomb.png"}
+
+        # 13500 x 13500 = 182 MP: above twice PIL's limit, Image.open raises DecompressionBombError (not OSError)
+        assert decode_image(png((13500, 13500)))[1] == "too_large"
+        # 10000 x 10000 = 100 MP: PIL would only warn and decode it all
+        assert decode_image(png((10000, 10000)))[1] == "too_large"
+        # a JPEG above the limit is decoded downscaled instead (draft), within the limit
+        buf = io.BytesIO()
+        Image.new("RGB", (120, 80), (10, 200, 30)).save(buf, format="JPEG")
+        img, status = decode_image({"bytes": buf.getvalue(), "path": None}, max_pixels=2000)
+        assert status == "ok" and img.size[0] * img.size[1] <= 2000 and img.size[0] >= 15
+
+    def test_bad_rows_are_named_in_the_log(self, messy_dataset, caplog):
+        import logging
+
+        stream = ImageStream(messy_dataset, "train", view_transform("moco_cifar", size=32), 8, shuffle=False,
+                             infinite=False, name_skipped=2)
+        with caplog.at_level(logging.WARNING, logger="hf_mixssl"):
+            take(stream, 100)
+        named = [r.getMessage() for r in caplog.records if "skipped image" in r.getMessage()]
+        assert len(named) == 2 and "row 20 of rank 0's stream: corrupt" in named[0]
+        assert "further skips are only counted" in named[1]
+
     def test_stream_skips_and_counts(self, messy_dataset):
         stream = ImageStream(messy_dataset, "train", view_transform("moco_cifar", size=32), 8, shuffle=False,
                              infinite=False)

@@ -69,6 +69,14 @@ def test_export_encoder_script(tmp_path, cifar10):
 
     encoder = timm.create_model(f"local-dir:{tmp_path / 'enc'}", pretrained=True).eval()
     assert encoder(torch.randn(1, 3, 32, 32)).shape[-1] == encoder.num_features
+    # the exported pretrained_cfg is this run's preprocessing and provenance, not timm's ImageNet weights
+    data_config = timm.data.resolve_data_config({}, model=encoder)
+    config = json.loads((out / "config.json").read_text())
+    assert data_config["input_size"] == (3, 32, 32) and data_config["interpolation"] == "bilinear"
+    assert data_config["mean"] == config["image_mean"] and data_config["crop_pct"] == 1.0
+    assert not encoder.pretrained_cfg.get("paper_ids") and not encoder.pretrained_cfg.get("origin_url")
+    exported = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert exported["hf_mixssl"]["method"] == "moco_v2" and "method: moco_v2" in encoder.pretrained_cfg["notes"]
     stem = tmp_path / "stem"
     run_pretrain(tiny_run(stem, cifar10, max_steps=1, cifar_stem=True))
     assert not (stem / "encoder").exists()  # a CIFAR stem is not expressible in timm's config

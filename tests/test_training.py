@@ -343,6 +343,36 @@ class TestArguments:
         assert args.per_device_batch_size == 32  # CLI over file
         assert args.global_batch_size is None  # the preset's global batch gave way to the file's per-device one
 
+    def test_no_trainer_names_are_aliases(self):
+        ours = parse_args(["--method", "moco_v2", "--per_device_batch_size", "8", "--num_epochs", "2", "--dataset",
+                           "x", "--lr_schedule", "constant", "--warmup_steps", "3", "--report_to", "all"])
+        theirs = parse_args(["--method", "moco_v2", "--per_device_train_batch_size", "8", "--num_train_epochs", "2",
+                             "--dataset_name", "x", "--lr_scheduler_type", "constant", "--num_warmup_steps", "3",
+                             "--with_tracking"])
+        assert ours == theirs
+        assert parse_args(["--method", "moco_v2", "--train_dir", "imgs", "--max_train_steps", "4"]).dataset == "imgs"
+
+    def test_abbreviations_are_refused(self, capsys):
+        with pytest.raises(SystemExit):
+            parse_args(["--method", "moco_v2", "--per_device", "8", "--max_steps", "1"])
+        assert "unknown flag --per_device; did you mean --per_device_batch_size" in capsys.readouterr().err
+
+    def test_missing_trackers_are_named_once(self, caplog):
+        import logging
+
+        from hf_mixssl.train.loop import _trackers
+
+        import importlib.util
+
+        installed = [n for n, m in (("tensorboard", "torch.utils.tensorboard"), ("wandb", "wandb"),
+                                    ("trackio", "trackio")) if importlib.util.find_spec(m) is not None]
+        with caplog.at_level(logging.WARNING, logger="hf_mixssl"):
+            assert _trackers("all") == installed
+            assert not caplog.records  # "all" means the installed ones, quietly
+            assert _trackers("no_such_tracker,tensorboard,another_one") == ["tensorboard"]
+        (record,) = caplog.records
+        assert "no_such_tracker, another_one" in record.getMessage()
+
     def test_bad_config_file(self, tmp_path):
         with pytest.raises(ValueError, match="does not exist"):
             parse_args(["--method", "moco_v2", "--config", str(tmp_path / "missing.yaml")])
@@ -378,3 +408,56 @@ def test_cpu_threads_default_to_this_process_share_of_the_cores(tmp_path, cifar1
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+class TestNothingLost:
+    def test_a_used_output_dir_is_refused_or_replaced(self, tmp_path, cifar10):
+        out = tmp_path / "run"
+        run_pretrain(tiny_run(out, cifar10, max_steps=1, checkpointing_steps=1))
+        first = (out / "model.safetensors").read_bytes()
+        with pytest.raises(ValueError, match="already holds files.*--overwrite_output_dir"):
+            run_pretrain(tiny_run(out, cifar10, max_steps=1, seed=1))
+        assert (out / "model.safetensors").read_bytes() == first  # untouched
+        run_pretrain(tiny_run(out, cifar10, max_steps=2, seed=1, overwrite_output_dir=True, checkpointing_steps=1))
+        logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in logged if "loss" in r] == [1, 2]  # only the new run's lines
+        assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_00000001", "step_00000002"]
+
+    def test_unlabelled_train_only_data_trains_saves_and_exports(self, tmp_path, cifar10):
+        import timm
+        from datasets import Dataset, Features, Image, load_dataset
+
+        rows = [{"image": r["img"]} for r in load_dataset(cifar10, split="test", streaming=True).take(48)]
+        data = tmp_path / "unlabelled" / "data"
+        data.mkdir(parents=True)
+        Dataset.from_list(rows, features=Features({"image": Image()})).to_parquet(str(data / "train-0.parquet"))
+        out = tmp_path / "run"
+        result = run_pretrain(tiny_run(out, str(data.parent), max_steps=2, knn_every=1))
+        assert result["global_step"] == 2 and "knn_top1" not in result
+        for name in ("config.json", "model.safetensors", "encoder/model.safetensors", "README.md"):
+            assert (out / name).is_file(), name
+        log = (out / "train.log").read_text()
+        assert log.count("evaluation will be skipped") == 1 and "no test/validation split" in log
+        timm.create_model(f"local-dir:{out / 'encoder'}", pretrained=True)
+
+    def test_resume_checks_what_it_resumes_and_keeps_the_log_clean(self, tmp_path, cifar10, caplog):
+        import logging
+
+        out = tmp_path / "run"
+        run_pretrain(tiny_run(out, cifar10, max_steps=4, checkpointing_steps=2))
+        shutil.rmtree(out / "checkpoints" / "step_00000004")  # as if killed after step 4 was logged
+        with pytest.raises(ValueError, match=r"per_device_batch: checkpoint 16, now 32"):
+            run_pretrain(tiny_run(out, cifar10, max_steps=4, per_device_batch_size=32,
+                                  resume_from_checkpoint="latest"))
+        with pytest.raises(ValueError, match="is a 'moco_v2' run; this run is 'moco_v1'"):
+            run_pretrain(tiny_run(out, cifar10, method="moco_v1", max_steps=4, resume_from_checkpoint="latest"))
+        with caplog.at_level(logging.WARNING, logger="hf_mixssl"):
+            run_pretrain(tiny_run(out, cifar10, max_steps=4, learning_rate=0.01, checkpointing_steps=2,
+                                  resume_from_checkpoint="latest"))
+        assert any("learning_rate: checkpoint 0.05, now 0.01" in r.getMessage() for r in caplog.records)
+        steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()
+                 if "loss" in json.loads(line)]
+        assert steps == [1, 2, 3, 4]  # steps 3-4 of the first segment were dropped, not repeated
+        history = [json.loads(line) for line in (out / "training_args_history.jsonl").read_text().splitlines()]
+        assert history[-1]["learning_rate"] == 0.05
+        assert json.loads((out / "training_args.json").read_text())["learning_rate"] == 0.01

@@ -281,7 +281,7 @@ def per_image_costs(args) -> list[dict]:
         chunk = _Chunk(epoch=0, indices=list(range(n)), images=[{"bytes": b, "path": None} for b in blobs],
                        labels=[0] * n)
         start = time.perf_counter()
-        _, (crops, params), _, _ = process_chunk(chunk, split, 0, 0, 4)
+        _, (crops, params), _, _, _ = process_chunk(chunk, split, 0, 0, 4)
         worker_ms = (time.perf_counter() - start) / n * 1e3
         colour = v2.Compose([v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(0.2),
                              PILGaussianBlur(0.5), v2.RandomHorizontalFlip(), v2.ToImage()])

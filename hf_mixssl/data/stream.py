@@ -23,6 +23,7 @@ import itertools
 import logging
 import signal
 import time
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +33,8 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger("hf_mixssl")
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values", "jpg", "png", "jpeg", "picture")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "cls", "class", "target")
@@ -76,25 +79,33 @@ def detect_label_column(features: Any, column_names: list[str]) -> str | None:
 
 
 # ------------------------------------------------------------------------------------ decoding
-def decode_image(value: Any, *, min_size: int = 4) -> tuple[Image.Image | None, str]:
+def decode_image(value: Any, *, min_size: int = 4, max_pixels: int | None = None) -> tuple[Image.Image | None, str]:
     """Undecoded dataset cell -> ``(RGB image or None, status)``.
 
-    ``status`` is ``"ok"``, ``"converted:<mode>"`` (made RGB), ``"corrupt"`` or ``"too_small"``.
-    Accepts ``{"bytes", "path"}`` dicts (``Image(decode=False)``), raw bytes, paths and PIL images.
+    ``status`` is ``"ok"``, ``"converted:<mode>"`` (made RGB), ``"corrupt"``, ``"too_small"`` or ``"too_large"``.
+    Accepts ``{"bytes", "path"}`` dicts (``Image(decode=False)``), raw bytes, paths and PIL images. Images above
+    ``max_pixels`` (default: PIL's ``MAX_IMAGE_PIXELS``, 89.5 MP) are never decoded at full size: JPEGs are
+    decoded downscaled (``Image.draft``, by 1/2, 1/4 or 1/8) to fit, others are skipped as ``too_large``
+    (PIL's ``DecompressionBombError``, above twice the limit, is not an ``OSError`` and would end a worker).
     """
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS or (1 << 62)
     try:
-        if isinstance(value, Image.Image):
-            img = value
-        elif isinstance(value, dict):
-            data, path = value.get("bytes"), value.get("path")
-            img = Image.open(io.BytesIO(data)) if data is not None else Image.open(path)
-        elif isinstance(value, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(value))
-        elif isinstance(value, str):
-            img = Image.open(value)
-        else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # handled below, by size
+            img = _open_image(value)
+        if img is None:
             return None, "corrupt"
+        if img.size[0] * img.size[1] > limit:
+            if img.format == "JPEG":
+                scale = 2
+                while scale < 8 and img.size[0] * img.size[1] > limit * scale * scale:
+                    scale *= 2
+                img.draft(img.mode, (img.size[0] // scale, img.size[1] // scale))
+            if img.size[0] * img.size[1] > limit:
+                return None, "too_large"
         img.load()  # truncated files fail here, not later inside a transform
+    except Image.DecompressionBombError:
+        return None, "too_large"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError):
         return None, "corrupt"
     if min(img.size) < min_size:
@@ -108,6 +119,20 @@ def decode_image(value: Any, *, min_size: int = 4) -> tuple[Image.Image | None, 
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     return img.convert("RGB"), f"converted:{mode}"
+
+
+def _open_image(value: Any) -> Image.Image | None:
+    """Open (header only) a dataset cell: a PIL image, ``{"bytes", "path"}``, bytes or a path."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        return Image.open(io.BytesIO(data)) if data is not None else Image.open(path)
+    if isinstance(value, (bytes, bytearray)):
+        return Image.open(io.BytesIO(value))
+    if isinstance(value, str):
+        return Image.open(value)
+    return None
 
 
 def sample_seed(seed: int, epoch: int, rank: int, index: int) -> int:
@@ -131,18 +156,20 @@ class _Chunk:
 
 def process_chunk(
     chunk: _Chunk, transform: Callable[[Image.Image], Any], seed: int, rank: int, min_size: int
-) -> tuple[list[int], tuple[torch.Tensor, ...] | None, list[int], Counter]:
-    """Decode and transform a chunk; returns ``(kept indices, stacked outputs, labels, status counts)``.
+) -> tuple[list[int], tuple[torch.Tensor, ...] | None, list[int], Counter, list[tuple[int, str | None, str]]]:
+    """Decode and transform a chunk; returns ``(kept indices, stacked outputs, labels, status counts, skipped)``
+    where ``skipped`` lists ``(row, image path or None, reason)`` of the images left out.
 
     A transform returns a tensor (views) or a tuple of tensors (views and their device-side parameters); each
     part is stacked over the chunk's kept samples."""
-    kept, tensors, labels, counts = [], [], [], Counter()
+    kept, tensors, labels, counts, skipped = [], [], [], Counter(), []
     for idx, value, label in zip(chunk.indices, chunk.images, chunk.labels):
         img, status = decode_image(value, min_size=min_size)
         counts[status.split(":")[0]] += 1
         if status.startswith("converted"):
             counts[status] += 1
         if img is None:
+            skipped.append((idx, value.get("path") if isinstance(value, dict) else None, status))
             continue
         with torch.random.fork_rng(devices=[]):
             # Only the CPU generator draws view parameters; torch.manual_seed would also queue lazy CUDA/XPU/MTIA
@@ -152,7 +179,7 @@ def process_chunk(
         tensors.append(out if isinstance(out, tuple) else (out,))
         kept.append(idx)
         labels.append(label)
-    return kept, (tuple(torch.stack(p) for p in zip(*tensors)) if tensors else None), labels, counts
+    return kept, (tuple(torch.stack(p) for p in zip(*tensors)) if tensors else None), labels, counts, skipped
 
 
 def _worker_init() -> None:
@@ -250,6 +277,7 @@ class ImageStream:
     max_samples: int | None = None
     min_image_size: int = 4
     chunk_size: int = 64
+    name_skipped: int = 10  # skipped images named in the log one by one; the rest are counted
     state: StreamState = field(default_factory=StreamState)
     counts: Counter = field(default_factory=Counter)
 
@@ -259,6 +287,7 @@ class ImageStream:
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         self._base = self._load()
+        self._named_skips = 0
 
     # -- construction
     def _load(self):
@@ -382,8 +411,15 @@ class ImageStream:
         buf_idx: list[int] = []
         buf_x: list[tuple[torch.Tensor, ...]] = []
         buf_y: list[int] = []
-        for kept, x, labels, counts in self._processed(self._raw_chunks(epoch, start), pool):
+        for kept, x, labels, counts, skipped in self._processed(self._raw_chunks(epoch, start), pool):
             self.counts.update(counts)  # the trainer logs these totals
+            for row, path, reason in skipped:
+                self._named_skips += 1
+                if self._named_skips <= self.name_skipped:
+                    logger.warning("skipped image: %s split %r, epoch %d, row %d of rank %d's stream%s: %s%s",
+                                   self.dataset, self.split, epoch, row, self.rank, f" ({path})" if path else "",
+                                   reason, "" if self._named_skips < self.name_skipped else
+                                   " (further skips are only counted)")
             if x is None:
                 continue
             buf_idx.extend(kept)

@@ -149,6 +149,27 @@ def gather_rows(t: torch.Tensor | None, device: torch.device | str = "cpu") -> t
     return torch.cat([p[:n] for p, n in zip(parts, rows)]).cpu()
 
 
+def evaluation_problem(dataset: str, name: str | None, *, train_split: str, eval_split: str | None,
+                       label_column: str | None) -> str | None:
+    """Why this dataset cannot be evaluated (no test/validation split, no labels), or ``None`` when it can."""
+    from datasets import load_dataset
+
+    from ..data.stream import detect_label_column
+
+    try:
+        split = eval_split or default_eval_split(dataset, name)
+    except ValueError as e:
+        return str(e)
+    for s in (train_split, split):
+        ds = load_dataset(dataset, name, split=s, streaming=True)
+        columns = list(ds.column_names or (ds.features or {}).keys())
+        if label_column is not None and label_column not in columns:
+            return f"label_column {label_column!r} is not a column of split {s!r} ({columns})"
+        if label_column is None and detect_label_column(ds.features, columns) is None:
+            return f"split {s!r} of dataset {dataset!r} has no label column ({columns}); pass --label_column"
+    return None
+
+
 @dataclass
 class EvalData:
     """Where and how evaluation reads images: deterministic eval transform at the model's resolution.

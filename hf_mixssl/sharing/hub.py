@@ -27,8 +27,14 @@ def export_encoder(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    provenance: dict | None = None,
 ) -> Path:
     """Save a timm model in timm's Hub format (``config.json`` + ``model.safetensors``), atomically.
+
+    Its ``pretrained_cfg`` describes this run, not the architecture's stock ImageNet weights: the input size,
+    interpolation and crop of the run's evaluation transform (``hf_mixssl.data.views.eval_transform``: bilinear
+    resize, and a 224/256 center crop above 64 px), its mean and std, and hf_mixssl provenance
+    (``provenance``: method, model type, run) instead of timm's ``paper_ids`` / ``origin_url`` / ``hf_hub_id``.
 
     ``timm.create_model("local-dir:OUT")`` / ``"hf-hub:org/name"`` and transformers' ``AutoModel``
     (``TimmWrapperModel``) load the result with no hf_mixssl code. timm records ``num_classes=0`` in
@@ -46,7 +52,16 @@ def export_encoder(
     config_path = tmp / "config.json"
     config = json.loads(config_path.read_text())
     config.get("model_args", {}).pop("num_classes", None)
-    config.get("pretrained_cfg", {}).pop("tag", None)  # names the architecture's stock weights, not these
+    cfg = config.setdefault("pretrained_cfg", {})
+    for key in ("tag", "paper_ids", "paper_name", "origin_url", "hf_hub_id", "hf_hub_filename", "url", "notes",
+                "license", "file"):  # they name the architecture's stock weights, not these
+        cfg.pop(key, None)
+    provenance = dict(provenance or {})
+    cfg.update(input_size=[3, image_size, image_size], interpolation="bilinear", mean=list(mean), std=list(std),
+               crop_pct=1.0 if image_size <= 64 else 224 / 256, crop_mode="center", num_classes=0,
+               license="apache-2.0", description=f"encoder trained with hf_mixssl ({provenance.get('method', '?')})",
+               notes=[f"{k}: {v}" for k, v in provenance.items()])
+    config["hf_mixssl"] = provenance  # timm reads only its own keys; this one says where the weights come from
     config_path.write_text(json.dumps(config, indent=2))
     if out.exists():
         shutil.rmtree(out)
@@ -63,8 +78,16 @@ def export_model_encoder(model, out_dir: str | Path) -> Path | None:
     config = model.config
     if getattr(config, "cifar_stem", False) or not hasattr(model, "get_encoder"):
         return None
+    from ..methods import method_of_config
+
+    try:
+        method = method_of_config(config.to_dict()).name
+    except ValueError:
+        method = config.model_type
+    provenance = {"library": "hf_mixssl", "method": method, "model_type": config.model_type,
+                  "run": Path(out_dir).resolve().parent.name}
     return export_encoder(model.get_encoder(), out_dir, image_size=config.image_size, mean=config.image_mean,
-                          std=config.image_std)
+                          std=config.image_std, provenance=provenance)
 
 
 def read_encoder_export(path: str | Path) -> tuple[dict, Path]:

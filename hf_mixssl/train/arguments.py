@@ -35,7 +35,9 @@ class PretrainArguments:
     preset: str | None = _f(None, "an official recipe (hf_mixssl.train.presets.PRESETS)")
     config: str | None = _f(None, "YAML/JSON file whose values become defaults")
     # ---- data
-    dataset: str = _f("../shared/datasets/cifar10", "load_dataset path or Hub id", group="data")
+    dataset: str = _f("../shared/datasets/cifar10", "load_dataset path or Hub id, or a folder of images "
+                                                   "(imagefolder)", group="data",
+                      aliases=["--dataset_name", "--train_dir"])
     dataset_config: str | None = _f(None, "dataset config name")
     train_split: str = _f("train", "training split")
     eval_split: str | None = _f(None, "kNN split (default: test or validation when present)")
@@ -60,7 +62,7 @@ class PretrainArguments:
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm when running on several processes")
     # ---- optimisation
     per_device_batch_size: int = _f(256, "images per device per micro-step (ignored when global_batch_size is set)",
-                                    group="optimisation")
+                                    group="optimisation", aliases=["--per_device_train_batch_size"])
     global_batch_size: int | None = _f(None, "images per optimizer step over all processes and accumulation steps "
                                              "(the papers' batch; presets set it): the per-device batch is this / "
                                              "(processes x gradient_accumulation_steps)")
@@ -68,16 +70,17 @@ class PretrainArguments:
                                          "official per-GPU BN (ImageNet 32 = 256 / 8 GPUs): bn_splits = per-device "
                                          "batch / this, on any number of processes")
     gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step")
-    max_steps: int | None = _f(None, "optimizer steps (overrides num_epochs)")
-    num_epochs: float | None = _f(None, "epochs over the train split")
+    max_steps: int | None = _f(None, "optimizer steps (overrides num_epochs)", aliases=["--max_train_steps"])
+    num_epochs: float | None = _f(None, "epochs over the train split", aliases=["--num_train_epochs"])
     learning_rate: float = _f(0.03, "peak learning rate (x global_batch/256 with --scale_lr)")
     scale_lr: bool = _f(False, "multiply learning_rate by global_batch/256")
     min_lr: float = _f(0.0, "final learning rate of the cosine schedule")
     lr_schedule: str = _f("cosine", "cosine | constant | step (x0.1 at each --lr_decay_epochs)",
+                          aliases=["--lr_scheduler_type"],
                           choices=["cosine", "constant", "step"])
     lr_decay_epochs: list[float] | None = _f(None, "epochs at which the step schedule multiplies the lr by 0.1 "
                                                    "(MoCo v1: 120 160)")
-    warmup_steps: int | None = _f(None, "linear warmup steps")
+    warmup_steps: int | None = _f(None, "linear warmup steps", aliases=["--num_warmup_steps"])
     warmup_epochs: float | None = _f(None, "linear warmup epochs")
     optimizer: str = _f("sgd", "sgd | adamw | lars", choices=["sgd", "adamw", "lars"])
     weight_decay: float = _f(1e-4, "weight decay")
@@ -97,15 +100,17 @@ class PretrainArguments:
     checkpointing_steps: int = _f(500, "save a resumable checkpoint every N steps (0 = only at the end)")
     save_total_limit: int = _f(2, "checkpoints kept")
     resume_from_checkpoint: str | None = _f(None, "PATH or 'latest'")
+    overwrite_output_dir: bool = _f(False, "replace a previous run in output_dir (without it, a directory holding a "
+                                           "run is refused unless resumed)")
     export_encoder: bool = _f(True, "export the trained backbone to <output_dir>/encoder in timm's Hub format "
                                     "(--no-export_encoder to skip)")
     push_to_hub: bool = _f(False, "upload the finished run (model, code, card; encoder to <id>-encoder) to the Hub")
     hub_model_id: str | None = _f(None, "org/name of the Hub repo for --push_to_hub")
     hub_private: bool = _f(False, "create the Hub repo as private")
-    report_to: str = _f("tensorboard", "tensorboard | wandb | trackio | all | none (comma list)")
+    report_to: str = _f("all", "tensorboard | wandb | trackio | all (those installed) | none (comma list)")
     logging_steps: int = _f(10, "log every N steps")
     knn_every: int = _f(0, "evaluate every N steps: kNN for SSL methods, top-1 for classifiers (0 = only at "
-                           "the end, -1 = never); alias --eval_every", alias="--eval_every")
+                           "the end, -1 = never)", aliases=["--eval_every"])
     image_every: int = _f(500, "write pictures (views, mixed samples, AutoMix masks) every N steps "
                                "(0 = only at the end, -1 = never)")
     image_count: int = _f(8, "images per picture row")
@@ -291,9 +296,11 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         kw = _argparse_kwargs(hints[f.name])
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
-        names = [f"--{f.name}"] + ([f.metadata["alias"]] if "alias" in f.metadata else [])
+        names = [f"--{f.name}", *f.metadata.get("aliases", ())]
         shown = "" if f.default is None else f" (default: {f.default})"
         group.add_argument(*names, dest=f.name, help=f.metadata["help"] + shown, **kw)
+    groups["run"].add_argument("--with_tracking", dest="report_to", action="store_const", const="all",
+                               help="the no_trainer scripts' flag: same as --report_to all")
     added: set[str] = {f.name for f in _training_fields()}
     shared = groups["model (every method)"]
     entries = [get_method(method)] if method else [get_method(n) for n in list_methods()]

@@ -29,7 +29,7 @@ from torch import nn
 from ..data.stream import ImageStream, count_classes, count_rows
 from ..data.device_views import device_view_transform
 from ..data.views import view_transform
-from ..evaluation.protocols import EvalData, accuracy_evaluate, knn_evaluate
+from ..evaluation.protocols import EvalData, accuracy_evaluate, evaluation_problem, knn_evaluate
 from ..methods import get_method
 from ..models.momentum import cosine_anneal
 from ..sharing.cards import render_model_card, write_published_curve
@@ -90,6 +90,35 @@ class BatchPlan:
         return cls(per_device * processes * accumulation, per_device, processes, accumulation, splits)
 
 
+# Settings a checkpoint records: the first must match for an exact resume (the run is refused, naming each one),
+# the others may change (a warning names them).
+EXACT_SETTINGS = ("method", "model_config", "dataset", "dataset_config", "train_split", "seed", "views",
+                  "min_crop_scale", "augment_on", "shuffle_buffer_size", "min_image_size", "global_batch",
+                  "per_device_batch", "gradient_accumulation_steps", "optimizer")
+OTHER_SETTINGS = ("learning_rate", "scale_lr", "min_lr", "lr_schedule", "lr_decay_epochs", "warmup_steps",
+                  "warmup_epochs", "weight_decay", "sgd_momentum", "max_steps", "num_epochs", "max_grad_norm")
+
+
+def _comparable_config(config) -> dict[str, Any]:
+    """The model config without what a save adds (versions, auto_map, architectures)."""
+    skip = {"transformers_version", "auto_map", "architectures", "_name_or_path"}
+    return {k: v for k, v in config.to_dict().items() if k not in skip}
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``"name: checkpoint X, now Y"`` for every setting recorded in ``saved`` that differs (JSON-normalised)."""
+    out = []
+    for key, before in saved.items():
+        after = json.loads(json.dumps(now.get(key), default=str))
+        if before != after:
+            if isinstance(before, dict) and isinstance(after, dict):
+                keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+                out.append(f"{key}: " + ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in keys))
+            else:
+                out.append(f"{key}: checkpoint {before!r}, now {after!r}")
+    return out
+
+
 def build_model(args: PretrainArguments, plan: BatchPlan | None = None) -> nn.Module:
     """The method's model from the resolved arguments (settings not given keep the config defaults)."""
     method = get_method(args.method)
@@ -145,19 +174,30 @@ def resolve_checkpoint(spec: str, output_dir: Path) -> Path | None:
     return path
 
 
+_TRACKER_MODULES = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
 def _trackers(report_to: str) -> list[str]:
+    """The trackers to use: ``all`` = those installed (quietly); named ones that are not installed are listed in one
+    warning. ``train_log.jsonl`` and ``train.log`` in the run dir are written either way."""
+    import importlib.util
+
     names = [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
-    if names == ["all"]:
-        names = ["tensorboard", "wandb", "trackio"]
-    available = []
-    for name in names:
-        module = {"tensorboard": "torch.utils.tensorboard", "wandb": "wandb", "trackio": "trackio"}.get(name, name)
+    everything = names == ["all"]
+    if everything:
+        names = list(_TRACKER_MODULES)
+
+    def installed(name: str) -> bool:
         try:
-            __import__(module)
-            available.append(name)
-        except ImportError:
-            logger.warning("tracker %r is not installed; skipping it", name)
-    return available
+            return importlib.util.find_spec(_TRACKER_MODULES.get(name, name)) is not None
+        except (ImportError, ValueError):
+            return False
+
+    missing = [n for n in names if not installed(n)]
+    if missing and not everything:
+        logger.warning("trackers not installed, skipped: %s (the run still logs to train_log.jsonl and train.log)",
+                       ", ".join(missing))
+    return [n for n in names if n not in missing]
 
 
 class _StopRequest:
@@ -205,6 +245,7 @@ class Pretrainer:
             project_dir=str(self.output_dir),
         )
         acc = self.accelerator
+        self._check_output_dir()
         self._setup_logging()
         self._set_cpu_threads()
         self.plan = BatchPlan.resolve(global_batch=args.global_batch_size, per_device=args.per_device_batch_size,
@@ -248,6 +289,12 @@ class Pretrainer:
             num_workers=args.num_workers, infinite=True, min_image_size=args.min_image_size,
         )
         self.total_steps, self.steps_per_epoch = self._plan_steps()
+        self.eval_problem = None if args.knn_every < 0 else evaluation_problem(
+            args.dataset, args.dataset_config, train_split=args.train_split, eval_split=args.eval_split,
+            label_column=args.label_column)
+        if self.eval_problem:
+            logger.warning("evaluation will be skipped (the model is trained, saved and exported as usual): %s",
+                           self.eval_problem)
         warmup = args.warmup_steps
         if warmup is None:
             warmup = int(round((args.warmup_epochs or 0) * self.steps_per_epoch))
@@ -259,6 +306,24 @@ class Pretrainer:
         self._last_bad: dict[str, float] = {}
 
     # -- setup
+    def _check_output_dir(self) -> None:
+        """Never mix two runs' files: a directory holding a run is resumed (``--resume_from_checkpoint``), replaced
+        (``--overwrite_output_dir``) or refused, before anything is written."""
+        acc, args, out = self.accelerator, self.args, self.output_dir
+        found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if not found or args.resume_from_checkpoint:
+            return
+        if not args.overwrite_output_dir:
+            raise ValueError(
+                f"output_dir {out} already holds files ({', '.join(found[:6])}{', ...' if len(found) > 6 else ''}): "
+                f"pass --resume_from_checkpoint latest to continue that run, --overwrite_output_dir to replace it, "
+                f"or choose another --output_dir")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            logger.warning("--overwrite_output_dir: removing the previous run in %s", out)
+            shutil.rmtree(out)
+        acc.wait_for_everyone()
+
     def _setup_logging(self) -> None:
         acc = self.accelerator
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -334,8 +399,9 @@ class Pretrainer:
         (tmp / f"stream_state_{acc.process_index}.json").write_text(json.dumps(self.stream.state_dict()))
         if acc.is_main_process:
             state = {"global_step": self.global_step, "total_steps": self.total_steps,
-                     "num_processes": acc.num_processes, "method": self.args.method}
-            (tmp / "trainer_state.json").write_text(json.dumps(state))
+                     "num_processes": acc.num_processes, "method": self.args.method,
+                     "exact": self._resume_settings(EXACT_SETTINGS), "other": self._resume_settings(OTHER_SETTINGS)}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, default=str))
         acc.wait_for_everyone()
         if acc.is_main_process:
             if final.exists():
@@ -348,6 +414,11 @@ class Pretrainer:
         logger.info("saved checkpoint %s", final)
         return final
 
+    def _resume_settings(self, names: tuple[str, ...]) -> dict[str, Any]:
+        values = {**dataclasses.asdict(self.args), "model_config": _comparable_config(self.config),
+                  "global_batch": self.global_batch, "per_device_batch": self.plan.per_device}
+        return {k: values[k] for k in names}
+
     def load_checkpoint(self, path: Path) -> None:
         acc = self.accelerator
         state = json.loads((path / "trainer_state.json").read_text())
@@ -356,11 +427,35 @@ class Pretrainer:
                 f"checkpoint {path} was written by {state['num_processes']} processes, this run has "
                 f"{acc.num_processes}: the data stream cannot be resumed exactly"
             )
+        if state.get("method", self.args.method) != self.args.method:
+            raise ValueError(f"checkpoint {path} is a {state['method']!r} run; this run is {self.args.method!r}")
+        exact = _differences(state.get("exact", {}), self._resume_settings(EXACT_SETTINGS))
+        if exact:
+            raise ValueError(f"checkpoint {path} was written with other settings that an exact resume needs: "
+                             f"{'; '.join(exact)}. Resume with the checkpoint's settings, or start a new run")
+        other = _differences(state.get("other", {}), self._resume_settings(OTHER_SETTINGS))
+        if other:
+            logger.warning("resuming %s with changed settings (the run continues, not as one uninterrupted run): %s",
+                           path, "; ".join(other))
         acc.load_state(str(path))
         self.stream.load_state_dict(json.loads((path / f"stream_state_{acc.process_index}.json").read_text()))
         self.global_step = int(state["global_step"])
         self.last_checkpoint = path
+        if acc.is_main_process:
+            self._truncate_log()
         logger.info("resumed from %s at step %d", path, self.global_step)
+
+    def _truncate_log(self) -> None:
+        """Drop ``train_log.jsonl`` lines after the resumed step (a crash after the checkpoint logged steps that
+        this run repeats)."""
+        log = self.output_dir / "train_log.jsonl"
+        if log.is_file():
+            lines = [line for line in log.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= self.global_step]
+            if len(kept) < len(lines):
+                log.write_text("".join(line + "\n" for line in kept))
+                logger.info("train_log.jsonl: dropped %d line(s) after step %d", len(lines) - len(kept),
+                            self.global_step)
 
     # -- pictures
     def write_pictures(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -442,7 +537,11 @@ class Pretrainer:
                                      "gradient_accumulation_steps": args.gradient_accumulation_steps,
                                      "bn_splits": self.plan.bn_splits, "peak_learning_rate": self.peak_lr},
                         "command": self._command()}
-            (self.output_dir / "training_args.json").write_text(json.dumps(resolved, indent=2, default=str))
+            previous = self.output_dir / "training_args.json"
+            if previous.is_file():  # a resumed run keeps each segment's arguments
+                with open(self.output_dir / "training_args_history.jsonl", "a") as f:
+                    f.write(json.dumps(json.loads(previous.read_text())) + "\n")
+            previous.write_text(json.dumps(resolved, indent=2, default=str))
         if self.trackers:
             flat = {k: v for k, v in dataclasses.asdict(args).items() if isinstance(v, (int, float, str, bool))}
             acc.init_trackers(Path(args.output_dir).name or "hf_mixssl", config=flat)
@@ -489,7 +588,8 @@ class Pretrainer:
                         metrics = self._step_metrics(output, lr=lr, momentum=m, images_per_sec=ips)
                         progress.set_postfix(loss=f"{metrics['loss']:.4f}", ips=f"{ips:.0f}")
                         window_images, window_start = 0, time.perf_counter()
-                    if args.knn_every > 0 and self.global_step % args.knn_every == 0 and self.global_step < self.total_steps:
+                    if (args.knn_every > 0 and self.global_step % args.knn_every == 0 and not self.eval_problem
+                            and self.global_step < self.total_steps):
                         self._log(self.evaluate())
                     if args.image_every > 0 and self.global_step % args.image_every == 0:
                         self.write_pictures(x, y)
@@ -511,10 +611,15 @@ class Pretrainer:
             self.save_checkpoint()
         if args.image_every >= 0 and x is not None:
             self.write_pictures(x, y)
-        if args.knn_every >= 0:
-            eval_results = self.evaluate()
-            self._log(eval_results)
-        self._save_final(eval_results)
+        self._save_model()  # first: nothing after this can cost the trained model
+        if args.knn_every >= 0 and not self.eval_problem:
+            try:
+                eval_results = self.evaluate()
+                self._log(eval_results)
+            except Exception as e:  # noqa: BLE001 - the saved model stays; evaluation can be rerun on it
+                logger.error("evaluation failed (%s: %s); the model is saved in %s: evaluate it later with "
+                             "hf-mixssl-evaluate --model %s", type(e).__name__, e, self.output_dir, self.output_dir)
+        self._save_results(eval_results)
         acc.end_training()
         return {"interrupted": False, "global_step": self.global_step, **eval_results}
 
@@ -570,7 +675,8 @@ class Pretrainer:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
-    def _save_final(self, eval_results: dict[str, float]) -> None:
+    def _save_model(self) -> None:
+        """``save_pretrained`` and the timm encoder export (main process)."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -580,6 +686,14 @@ class Pretrainer:
             model.save_pretrained(self.output_dir, safe_serialization=True)
             if self.args.export_encoder and export_model_encoder(model, self.output_dir / "encoder") is None:
                 logger.info("encoder not exported: timm cannot rebuild a CIFAR-stem backbone from its config")
+            logger.info("saved the model to %s", self.output_dir)
+        acc.wait_for_everyone()
+
+    def _save_results(self, eval_results: dict[str, float]) -> None:
+        """``eval_results.json`` and the model card (main process)."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
             results = {"global_step": self.global_step, "method": self.args.method,
                        "dataset": self.args.dataset, **eval_results}
             (self.output_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
@@ -588,7 +702,7 @@ class Pretrainer:
                 render_model_card(self.output_dir, model=model).save(self.output_dir / "README.md")
             except Exception as e:  # noqa: BLE001
                 logger.warning("model card not written: %s", e)
-            logger.info("saved model and eval_results.json to %s", self.output_dir)
+            logger.info("saved eval_results.json and the model card to %s", self.output_dir)
         acc.wait_for_everyone()
 
 

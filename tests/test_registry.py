@@ -330,3 +330,70 @@ def test_wheel_install_renders_cards_and_runs_the_console_entry_point(tmp_path, 
     assert "template" not in run.stderr and json.loads(run.stdout.strip().splitlines()[-1])["global_step"] == 2
     card = (out / "README.md").read_text()
     assert "kNN top-1" in card and "-m hf_mixssl.cli.pretrain" in card  # the card's command is what was run
+
+
+# ------------------------------------------------------------------------------------------ HF-native use
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory, cifar10) -> dict[str, Path]:
+    """A real 1-step run of every method (saved model, image processor, card)."""
+    runs = {}
+    for name in METHODS:
+        out = tmp_path_factory.mktemp("runs") / name
+        run_pretrain(tiny_run(out, cifar10, method=name, max_steps=1, knn_every=-1))
+        runs[name] = out
+    return runs
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_run_dirs_work_with_auto_image_processor_and_pipelines(name, run_dirs, cifar10):
+    from datasets import load_dataset
+    from transformers import AutoImageProcessor, AutoModel, pipeline
+
+    run = run_dirs[name]
+    image = next(iter(load_dataset(cifar10, split="test", streaming=True)))["img"]
+    processor = AutoImageProcessor.from_pretrained(run)
+    x = processor(image, return_tensors="pt")["pixel_values"]
+    model = AutoModel.from_pretrained(run).eval()
+    assert x.shape == (1, 3, 32, 32)
+    if get_method(name).supervised:
+        result = pipeline("image-classification", model=str(run))(image)
+        names = set(load_dataset(cifar10, split="test", streaming=True).features["label"].names)
+        assert {r["label"] for r in result} <= names  # the dataset's class names, not LABEL_3
+        card = (run / "README.md").read_text()
+        assert "pipeline_tag: image-classification" in card
+    else:
+        features = pipeline("image-feature-extraction", model=str(run))(image, return_tensors=True)
+        torch.manual_seed(0)
+        expected = model.extract_features(x)
+        assert features.shape == expected.shape
+        if name != "emp_ssl":  # EMP-SSL's bag of features draws its patches from a private generator per call
+            assert torch.allclose(features, expected, atol=1e-5)
+        assert "pipeline_tag: image-feature-extraction" in (run / "README.md").read_text()
+
+
+def test_feature_pipeline_without_hf_mixssl(run_dirs, cifar10, tmp_path):
+    """The card's pipeline snippet, run as written where hf_mixssl cannot be imported (trust_remote_code): the
+    processor is a stock transformers one, the model's code travels with the weights."""
+    import re
+
+    from datasets import load_dataset
+
+    run = run_dirs["moco_v2"]
+    next(iter(load_dataset(cifar10, split="test", streaming=True)))["img"].save(tmp_path / "image.jpg")
+    card = (run / "README.md").read_text()
+    snippet = re.search(r"With a pipeline.*?```python\n(.*?)```", card, re.S).group(1)
+    code = "import sys\nsys.modules['hf_mixssl'] = None\n" + snippet + "print('SHAPE', tuple(features.shape))\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SHAPE (1, 96)" in proc.stdout
+
+
+def test_training_forward_is_unchanged_by_the_inference_path():
+    """Train mode (or return_loss=True) still computes the loss on plain images for MAE and EMP-SSL."""
+    for name in ("mae", "emp_ssl"):
+        model = tiny_model(name).eval()
+        out = model(pixel_values=torch.randn(2, 3, 32, 32), return_loss=True)
+        assert out.loss is not None and out.features is None
+        assert model(pixel_values=torch.randn(2, 3, 32, 32)).features.shape[0] == 2

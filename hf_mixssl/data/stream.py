@@ -455,6 +455,17 @@ def count_rows(dataset: str, split: str, *, name: str | None = None) -> int:
     return sum(1 for _ in ds.select_columns(small))
 
 
+def class_names(dataset: str, split: str, *, name: str | None = None, label_column: str | None = None) -> list[str] | None:
+    """The names of a ``ClassLabel`` label column, or ``None`` (plain integer labels, or no labels)."""
+    from datasets import ClassLabel, load_dataset
+
+    ds = load_dataset(dataset, name, split=split, streaming=True)
+    feats = dict(ds.features or {})
+    column = label_column or detect_label_column(feats, list(ds.column_names or feats))
+    feature = feats.get(column) if column else None
+    return list(feature.names) if isinstance(feature, ClassLabel) else None
+
+
 def count_classes(dataset: str, split: str, *, name: str | None = None, label_column: str | None = None) -> int:
     """Number of classes: from a ``ClassLabel`` feature, else ``max(label) + 1`` over one cheap pass."""
     from datasets import ClassLabel, load_dataset

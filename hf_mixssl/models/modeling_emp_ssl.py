@@ -39,12 +39,14 @@ class EMPSSLOutput(ModelOutput):
         loss_invariance: ``-mean cos(z_i, zbar)`` (in [-1, 1]; -1 when all patches agree).
         loss_tcr: ``-mean_i TCR(Z_i)``.
         embeddings: ``z: [n, B, z_dim]``, L2-normalised.
+        features: ``[B, D]`` bag-of-features, at inference only (then nothing else is set).
     """
 
     loss: torch.Tensor | None = None
     loss_invariance: torch.Tensor | None = None
     loss_tcr: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 class EMPSSLPreTrainedModel(VisionPreTrainedModel):
@@ -85,10 +87,14 @@ class EMPSSLModel(EMPSSLPreTrainedModel):
         labels: torch.Tensor | None = None,
         *,
         patches: torch.Tensor | None = None,
+        return_loss: bool | None = None,
         **kwargs,
     ) -> EMPSSLOutput:
         """``pixel_values: [B, C, H, W]`` (or ``[B, 1, C, H, W]``), normalised with ``image_mean/std``;
-        ``patches [n*B, C, S, S]`` (patch-major, normalised) replaces the random ones. ``labels`` are ignored."""
+        ``patches [n*B, C, S, S]`` (patch-major, normalised) replaces the random ones. ``labels`` are ignored.
+        In eval mode (or with ``return_loss=False``) the output is ``features`` only (:meth:`extract_features`)."""
+        if self.returns_features(pixel_values, return_loss):
+            return EMPSSLOutput(features=self.extract_features(pixel_values))
         x = single_view(pixel_values)
         cfg, b = self.config, x.shape[0]
         if patches is None:

@@ -37,12 +37,14 @@ class MAEOutput(ModelOutput):
         logits: predicted patches ``[B, N, p*p*C]`` (in the target space).
         mask: ``[B, N]``, 1 where the patch was removed.
         ids_restore: ``[B, N]``, the un-shuffle indices of this step's mask.
+        features: ``[B, D]`` encoder features, at inference only (then nothing else is set).
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     ids_restore: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 class MAEPreTrainedModel(VisionPreTrainedModel):
@@ -159,12 +161,17 @@ class MAEModel(MAEPreTrainedModel):
         *,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        return_loss: bool | None = None,
         **kwargs,
     ) -> MAEOutput:
         """``pixel_values: [B, C, H, W]`` (or one view ``[B, 1, C, H, W]``); ``noise [B, N]`` fixes the mask.
 
-        ``labels`` are accepted and ignored (self-supervised).
+        ``labels`` are accepted and ignored (self-supervised). In eval mode (or with ``return_loss=False``) the
+        output is ``features`` only (:meth:`extract_features`, for ``pipeline("image-feature-extraction")``); pass
+        ``return_loss=True`` for the reconstruction loss of an eval-mode model.
         """
+        if self.returns_features(pixel_values, return_loss):
+            return MAEOutput(features=self.extract_features(pixel_values))
         pixel_values = single_view(pixel_values)
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         latent, mask, ids_restore = self.forward_encoder(pixel_values, mask_ratio=ratio, noise=noise)

@@ -41,6 +41,7 @@ class MoCoOutput(ModelOutput):
         loss_mix: Un-Mix term ``lam * L(q_mix, k)`` (summed over key sets; ``None`` without Un-Mix).
         loss_mix_reverse: Un-Mix term ``(1 - lam) * L(q_mix.flip(0), k)``.
         unmix_lam: the mixing ratio used for this batch (after the CutMix box correction).
+        features: ``[B, D]`` features of plain images at inference only (then nothing else is set).
     """
 
     loss: torch.Tensor | None = None
@@ -49,6 +50,7 @@ class MoCoOutput(ModelOutput):
     loss_mix: torch.Tensor | None = None
     loss_mix_reverse: torch.Tensor | None = None
     unmix_lam: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 class MoCoPreTrainedModel(VisionPreTrainedModel):
@@ -152,13 +154,18 @@ class MoCoModel(MoCoPreTrainedModel):
         unmix_lam: float | None = None,
         unmix_mode: str | None = None,
         unmix_box: tuple[int, int, int, int] | None = None,
+        return_loss: bool | None = None,
         **kwargs,
     ) -> MoCoOutput:
-        """``pixel_values: [B, 2, C, H, W]`` two augmented views; ``labels`` are ignored.
+        """``pixel_values: [B, 2, C, H, W]`` two augmented views; ``labels`` are ignored. Plain images
+        ``[B, C, H, W]`` at inference (eval mode, or ``return_loss=False``) give ``features`` only
+        (:meth:`extract_features`), as ``pipeline("image-feature-extraction")`` expects.
 
         With ``config.unmix``, view 1 is mixed with its reversed copy; ``unmix_lam`` / ``unmix_mode``
         (``"global"`` | ``"region"``) / ``unmix_box`` fix the otherwise random draw.
         """
+        if self.returns_features(pixel_values, return_loss):
+            return MoCoOutput(features=self.extract_features(pixel_values))
         if pixel_values.ndim != 5 or pixel_values.shape[1] < 2:
             raise ValueError(
                 f"MoCo expects pixel_values of shape [B, 2, C, H, W] (two views), got {tuple(pixel_values.shape)}"

@@ -75,6 +75,14 @@ class VisionPreTrainedModel(PreTrainedModel):
         """``{name: [3, H, W] grid in [0, 1]}`` showing what the method does to these images (none by default)."""
         return {}
 
+    def returns_features(self, pixel_values: torch.Tensor, return_loss: bool | None) -> bool:
+        """Whether a self-supervised ``forward`` is inference on plain images ``[B, C, H, W]`` and returns the pooled
+        features (``pipeline("image-feature-extraction")``): ``return_loss=False``, or by default in eval mode.
+        Training (train mode, or ``return_loss=True``) computes the losses as before."""
+        if return_loss is None:
+            return_loss = self.training
+        return not return_loss and pixel_values.ndim == 4
+
     def extra_classifiers(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """Logits functions evaluated beside the model's own top-1, keyed by metric name (AutoMix's online
         encoder); none by default."""

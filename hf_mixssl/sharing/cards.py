@@ -257,6 +257,13 @@ def render_model_card(run_dir: str | Path, *, repo_id: str | None = None, model=
         "```\n\nWithout hf_mixssl installed (the modeling code ships with the weights):\n\n```python\n"
         f"model = AutoModel.from_pretrained(\"{repo}\", trust_remote_code=True)\n```"
     )
+    pipeline_task = "image-classification" if method.supervised else "image-feature-extraction"
+    usage += ("\n\nWith a pipeline (the run's preprocessing is in `preprocessor_config.json`):\n\n```python\n"
+              "from transformers import pipeline\n\n"
+              f"pipe = pipeline(\"{pipeline_task}\", model=\"{repo}\", trust_remote_code=True)\n"
+              + ("print(pipe(\"image.jpg\"))  # the dataset's class names with scores\n" if method.supervised else
+                 "features = pipe(\"image.jpg\", return_tensors=True)  # [1, D], the encoder's pooled features\n")
+              + "```")
     if has_encoder:
         enc = f"{repo}-encoder" if repo_id else f"{run}/encoder"
         scheme = "hf-hub" if repo_id else "local-dir"

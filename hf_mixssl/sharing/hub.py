@@ -110,6 +110,7 @@ logger = logging.getLogger("hf_mixssl")
 #: Files of a run directory a Hub repo carries besides the weights (``model*.safetensors`` and their index)
 #: and the ``*.py`` modeling code.
 RUN_FILES = ("config.json", "model.safetensors.index.json", "eval_results.json", "training_args.json",
+             "preprocessor_config.json",
              "published_curve.png")  # the card's picture, when the run's preset has published numbers
 
 

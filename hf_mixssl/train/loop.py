@@ -26,13 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.stream import ImageStream, count_classes, count_rows
+from ..data.stream import ImageStream, class_names, count_classes, count_rows
 from ..data.device_views import device_view_transform
 from ..data.views import view_transform
 from ..evaluation.protocols import EvalData, accuracy_evaluate, evaluation_problem, knn_evaluate
 from ..methods import get_method
 from ..models.momentum import cosine_anneal
 from ..sharing.cards import render_model_card, write_published_curve
+from ..sharing.processor import image_processor_for
 from ..sharing.hub import export_model_encoder, read_encoder_export
 from .arguments import PretrainArguments, config_field_names
 from .device import bf16_cpu_warning, to_channels_last
@@ -140,8 +141,13 @@ def build_model(args: PretrainArguments, plan: BatchPlan | None = None) -> nn.Mo
             if ours not in values and cfg.get(theirs):
                 values[ours] = list(cfg[theirs])
     if method.supervised and values.get("num_labels") is None:
-        values["num_labels"] = count_classes(args.dataset, args.train_split, name=args.dataset_config,
-                                             label_column=args.label_column)
+        names = class_names(args.dataset, args.train_split, name=args.dataset_config, label_column=args.label_column)
+        if names:  # the dataset's ClassLabel names: pipelines and cards say "cat", not LABEL_3
+            values["id2label"] = dict(enumerate(names))
+            values["label2id"] = {n: i for i, n in enumerate(names)}
+        else:
+            values["num_labels"] = count_classes(args.dataset, args.train_split, name=args.dataset_config,
+                                                 label_column=args.label_column)
     model = method.model_class(method.config_class(**method.fixed, **values))
     if weights is not None:
         from safetensors.torch import load_file
@@ -684,6 +690,7 @@ class Pretrainer:
             if self.args.channels_last:  # safetensors stores contiguous tensors; the layout is a training choice
                 model.to(memory_format=torch.contiguous_format)
             model.save_pretrained(self.output_dir, safe_serialization=True)
+            image_processor_for(model.config).save_pretrained(self.output_dir)  # AutoImageProcessor, pipelines
             if self.args.export_encoder and export_model_encoder(model, self.output_dir / "encoder") is None:
                 logger.info("encoder not exported: timm cannot rebuild a CIFAR-stem backbone from its config")
             logger.info("saved the model to %s", self.output_dir)

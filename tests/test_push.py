@@ -68,7 +68,7 @@ def test_pushed_files_are_exactly_what_loading_needs(tmp_path, run_dir):
     model_files = {p.name for p in api.uploaded["org/moco-tiny"].iterdir()}
     code = {p.name for p in run_dir.glob("*.py")}
     assert model_files == {"config.json", "model.safetensors", "README.md", "eval_results.json",
-                           "training_args.json"} | code
+                           "training_args.json", "preprocessor_config.json"} | code
     assert "modeling_moco.py" in code and not {"checkpoints", "train.log", "train_log.jsonl"} & model_files
     assert {p.name for p in api.uploaded["org/moco-tiny-encoder"].iterdir()} == {"config.json", "model.safetensors",
                                                                                 "README.md"}

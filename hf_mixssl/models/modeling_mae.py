@@ -203,7 +203,7 @@ class MAEModel(MAEPreTrainedModel):
         With ``norm_pix_loss`` the predicted patches are mapped back with each target patch's own mean and
         std (as the official visualisation does); ``pasted`` puts the visible patches back.
         """
-        out = self.forward(pixel_values, noise=noise)
+        out = self.forward(pixel_values, noise=noise, return_loss=True)
         p, x = self.patch_size, pixel_values.float()
         pred = out.logits.float()
         if self.config.norm_pix_loss:

@@ -461,3 +461,83 @@ class TestNothingLost:
         history = [json.loads(line) for line in (out / "training_args_history.jsonl").read_text().splitlines()]
         assert history[-1]["learning_rate"] == 0.05
         assert json.loads((out / "training_args.json").read_text())["learning_rate"] == 0.01
+
+    def test_a_full_disk_during_a_checkpoint_names_the_directory_and_the_last_good_checkpoint(
+            self, tmp_path, cifar10, monkeypatch):
+        """A full disk cannot be made here: accelerate's save_state raises what safetensors raises on one."""
+        from accelerate import Accelerator
+        from safetensors import SafetensorError
+
+        from hf_mixssl.train.loop import CheckpointError
+
+        real, calls = Accelerator.save_state, []
+
+        def save_state(self, output_dir=None, **kw):
+            calls.append(output_dir)
+            if len(calls) == 2:
+                raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                      'message: "No space left on device" })')
+            return real(self, output_dir, **kw)
+
+        monkeypatch.setattr(Accelerator, "save_state", save_state)
+        out = tmp_path / "run"
+        with pytest.raises(CheckpointError) as info:
+            run_pretrain(tiny_run(out, cifar10, max_steps=4, checkpointing_steps=2))
+        message = str(info.value)
+        assert str(out / "checkpoints") in message and "No space left on device" in message
+        assert f"last good checkpoint is {out / 'checkpoints' / 'step_00000002'}" in message
+        assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_00000002"]
+        assert not list((out / "checkpoints").glob(".tmp_*"))  # no half-written checkpoint left behind
+
+
+class TestBackbonePretrained:
+    @pytest.fixture(scope="class")
+    def exports(self, tmp_path_factory):
+        import timm
+        from safetensors.torch import save_file
+
+        from hf_mixssl.sharing.hub import export_encoder
+
+        root = tmp_path_factory.mktemp("exports")
+        torch.manual_seed(3)
+        resnet = timm.create_model("test_resnet", num_classes=0)
+        export_encoder(resnet, root / "resnet", image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+        save_file(resnet.state_dict(), str(root / "resnet.safetensors"))
+        vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, patch_size=8, depth=1, img_size=32)
+        export_encoder(vit, root / "vit", image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+        return root, resnet.state_dict(), vit.state_dict()
+
+    @pytest.mark.parametrize("method,source", [("moco_v2", "local-dir:{root}/resnet"), ("mixup", "{root}/resnet"),
+                                               ("automix", "{root}/resnet.safetensors")])
+    def test_every_backbone_and_momentum_copy_start_from_the_weights(self, exports, tmp_path, cifar10, method,
+                                                                     source):
+        from hf_mixssl.train.arguments import resolve
+        from hf_mixssl.train.loop import build_model
+
+        root, resnet, _ = exports
+        model = build_model(resolve(tiny_run(tmp_path, cifar10, method=method,
+                                             backbone_pretrained=source.format(root=root))))
+        copies = [model.backbone] + ([model.backbone_k] if hasattr(model, "backbone_k") else [])
+        for module in copies:
+            state = module.state_dict()
+            assert all(torch.equal(state[k], v) for k, v in resnet.items())
+
+    def test_mae_keeps_its_fixed_positions(self, exports, tmp_path, cifar10):
+        from hf_mixssl.train.arguments import resolve
+        from hf_mixssl.train.loop import build_model
+
+        root, _, vit = exports
+        model = build_model(resolve(tiny_run(tmp_path, cifar10, method="mae", backbone_pretrained=str(root / "vit"))))
+        state = model.encoder.state_dict()
+        assert torch.equal(state["blocks.0.attn.qkv.weight"], vit["blocks.0.attn.qkv.weight"])
+        assert not torch.equal(state["pos_embed"], vit["pos_embed"])  # still the sin-cos table
+
+    def test_weights_that_do_not_fit_are_named(self, exports, tmp_path, cifar10):
+        from hf_mixssl.train.arguments import resolve
+        from hf_mixssl.train.loop import build_model
+
+        root, _, _ = exports
+        with pytest.raises(ValueError, match="backbone_pretrained .*resnet does not fit backbone 'test_resnet'"):
+            build_model(resolve(tiny_run(tmp_path, cifar10, cifar_stem=True, backbone_pretrained=str(root / "resnet"))))
+        with pytest.raises(ValueError, match="neither hf-hub"):
+            build_model(resolve(tiny_run(tmp_path, cifar10, backbone_pretrained=str(tmp_path / "nothing"))))

@@ -13,7 +13,7 @@ import sys
 
 from hf_mixssl.sharing.hub import PushError
 from hf_mixssl.train.arguments import parse_args
-from hf_mixssl.train.loop import NonFiniteLossError, pretrain
+from hf_mixssl.train.loop import CheckpointError, NonFiniteLossError, pretrain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         result = pretrain(args)
-    except (ValueError, NonFiniteLossError) as e:
+    except (ValueError, NonFiniteLossError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ValueError) else 3
+        return {ValueError: 2, NonFiniteLossError: 3}.get(type(e), 5)
     except PushError as e:
         print(f"error: {e}. The run is complete and saved in {args.output_dir}; push it later with "
               f"hf-mixssl-push (scripts/push_to_hub.py).", file=sys.stderr)

@@ -165,6 +165,11 @@ class AutoMixModel(AutoMixPreTrainedModel):
         """The online encoder beside the momentum one: it leads early in training."""
         return {"top1_online": self.online_logits}
 
+    def load_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Online backbone from ``state``; the momentum backbone starts as its copy (as at construction)."""
+        self.backbone.load_state_dict(state, strict=True)
+        self.backbone_k.load_state_dict(self.backbone.state_dict())
+
     def get_encoder(self) -> nn.Module:
         """The momentum encoder's timm backbone (AutoMix's inference network)."""
         return self.backbone_k

@@ -190,6 +190,15 @@ class MAEModel(MAEPreTrainedModel):
             return tokens[:, self.encoder.num_prefix_tokens:].mean(dim=1)
         return tokens[:, 0]
 
+    def load_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
+        """The encoder from a timm ViT state dict, except ``pos_embed``: MAE's position embedding stays the fixed
+        2-D sin-cos one (a supervised ViT's learned embedding would replace it)."""
+        state = {k: v for k, v in state.items() if k != "pos_embed"}
+        missing, unexpected = self.encoder.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"pos_embed"}:
+            raise RuntimeError(f"encoder state does not fit: missing {sorted(set(missing) - {'pos_embed'})}, "
+                               f"unexpected {sorted(unexpected)}")
+
     def get_encoder(self) -> nn.Module:
         """A copy of the encoder: a stock timm ``VisionTransformer`` (no head) holding the fixed positions."""
         encoder = copy.deepcopy(self.encoder)

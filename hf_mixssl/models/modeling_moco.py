@@ -145,6 +145,11 @@ class MoCoModel(MoCoPreTrainedModel):
         """The trained query backbone as a standalone plain timm model (a copy, SplitBatchNorm reverted)."""
         return revert_split_bn(copy.deepcopy(self.backbone))
 
+    def load_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Query backbone from ``state``; the key encoder starts as its copy (as at construction)."""
+        self.backbone.load_state_dict(state, strict=True)
+        self.backbone_k.load_state_dict(self.backbone.state_dict())
+
     # ----------------------------------------------------------------------------------- forward
     def forward(
         self,

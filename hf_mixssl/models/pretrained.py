@@ -75,6 +75,12 @@ class VisionPreTrainedModel(PreTrainedModel):
         """``{name: [3, H, W] grid in [0, 1]}`` showing what the method does to these images (none by default)."""
         return {}
 
+    def load_backbone_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Start the backbone from a timm state dict (``--backbone_pretrained``), strictly; by default into the
+        module :meth:`get_encoder` returns (methods whose encoder is a copy, or that keep a momentum copy,
+        override this)."""
+        self.get_encoder().load_state_dict(state, strict=True)
+
     def returns_features(self, pixel_values: torch.Tensor, return_loss: bool | None) -> bool:
         """Whether a self-supervised ``forward`` is inference on plain images ``[B, C, H, W]`` and returns the pooled
         features (``pipeline("image-feature-extraction")``): ``return_loss=False``, or by default in eval mode.

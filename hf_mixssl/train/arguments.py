@@ -59,6 +59,10 @@ class PretrainArguments:
     init_backbone: str | None = _f(None, "mixup classifier: start the backbone from an exported timm encoder "
                                          "(a run dir or its encoder/ dir); its architecture, kwargs and "
                                          "preprocessing become the defaults", group="model (every method)")
+    backbone_pretrained: str | None = _f(None, "start the backbone (and its momentum copy) from pretrained weights: "
+                                               "hf-hub:ORG/NAME (timm), local-dir:DIR or a directory holding a timm "
+                                               "export (a run dir or its encoder/), or a .safetensors file; every "
+                                               "method (MAE keeps its fixed sin-cos positions)")
     sync_bn: bool = _f(False, "convert BatchNorm to SyncBatchNorm when running on several processes")
     # ---- optimisation
     per_device_batch_size: int = _f(256, "images per device per micro-step (ignored when global_batch_size is set)",

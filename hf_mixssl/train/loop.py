@@ -44,6 +44,11 @@ logger = logging.getLogger("hf_mixssl")
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (full disk, read-only directory...); the message names the directory and
+    the last good checkpoint, which is untouched."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss term is NaN or Inf; the last good checkpoint is untouched."""
 
@@ -149,16 +154,40 @@ def build_model(args: PretrainArguments, plan: BatchPlan | None = None) -> nn.Mo
             values["num_labels"] = count_classes(args.dataset, args.train_split, name=args.dataset_config,
                                                  label_column=args.label_column)
     model = method.model_class(method.config_class(**method.fixed, **values))
-    if weights is not None:
-        from safetensors.torch import load_file
-
+    for flag, source in (("init_backbone", weights), ("backbone_pretrained", args.backbone_pretrained)):
+        if source is None:
+            continue
         try:
-            model.get_encoder().load_state_dict(load_file(str(weights)), strict=True)
+            model.load_backbone_state(backbone_state(source) if flag == "backbone_pretrained" else
+                                      _load_safetensors(source))
         except RuntimeError as e:
-            raise ValueError(f"init_backbone {weights} does not fit backbone {model.config.backbone!r} "
+            raise ValueError(f"{flag} {source} does not fit backbone {model.config.backbone!r} "
                              f"{model.config.backbone_kwargs}: {e}") from e
-        logger.info("backbone initialised from %s", weights)
+        logger.info("backbone initialised from %s", source)
     return model
+
+
+def _load_safetensors(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def backbone_state(source: str) -> dict[str, torch.Tensor]:
+    """A backbone state dict from ``--backbone_pretrained``: ``hf-hub:org/name`` (timm downloads it),
+    ``local-dir:DIR`` or a directory holding a timm export (a run dir or its ``encoder/``), or a ``.safetensors``
+    file of the backbone's state dict."""
+    if source.startswith("hf-hub:"):
+        import timm
+
+        return timm.create_model(source, pretrained=True, num_classes=0).state_dict()
+    path = Path(source.removeprefix("local-dir:"))
+    if path.is_file() and path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    if path.is_dir():
+        return _load_safetensors(read_encoder_export(path)[1])
+    raise ValueError(f"backbone_pretrained {source!r} is neither hf-hub:ORG/NAME, a timm export directory "
+                     f"(local-dir:DIR) nor a .safetensors file")
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -401,13 +430,15 @@ class Pretrainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        (tmp / f"stream_state_{acc.process_index}.json").write_text(json.dumps(self.stream.state_dict()))
-        if acc.is_main_process:
-            state = {"global_step": self.global_step, "total_steps": self.total_steps,
-                     "num_processes": acc.num_processes, "method": self.args.method,
-                     "exact": self._resume_settings(EXACT_SETTINGS), "other": self._resume_settings(OTHER_SETTINGS)}
-            (tmp / "trainer_state.json").write_text(json.dumps(state, default=str))
+        try:
+            self._write_checkpoint(tmp)
+        except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error, naming no path
+            shutil.rmtree(tmp, ignore_errors=True)
+            free = shutil.disk_usage(root).free / 2**20 if root.exists() else float("nan")
+            raise CheckpointError(
+                f"cannot write checkpoint {final} into {root} ({free:.0f} MiB free there): {type(e).__name__}: {e}. "
+                f"The last good checkpoint is {self.last_checkpoint or 'none (no checkpoint was saved yet)'}; free "
+                f"space or choose another --output_dir, then resume with --resume_from_checkpoint latest") from e
         acc.wait_for_everyone()
         if acc.is_main_process:
             if final.exists():
@@ -419,6 +450,16 @@ class Pretrainer:
         self.last_checkpoint = final
         logger.info("saved checkpoint %s", final)
         return final
+
+    def _write_checkpoint(self, tmp: Path) -> None:
+        acc = self.accelerator
+        acc.save_state(str(tmp))
+        (tmp / f"stream_state_{acc.process_index}.json").write_text(json.dumps(self.stream.state_dict()))
+        if acc.is_main_process:
+            state = {"global_step": self.global_step, "total_steps": self.total_steps,
+                     "num_processes": acc.num_processes, "method": self.args.method,
+                     "exact": self._resume_settings(EXACT_SETTINGS), "other": self._resume_settings(OTHER_SETTINGS)}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, default=str))
 
     def _resume_settings(self, names: tuple[str, ...]) -> dict[str, Any]:
         values = {**dataclasses.asdict(self.args), "model_config": _comparable_config(self.config),

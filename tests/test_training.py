@@ -541,3 +541,16 @@ class TestBackbonePretrained:
             build_model(resolve(tiny_run(tmp_path, cifar10, cifar_stem=True, backbone_pretrained=str(root / "resnet"))))
         with pytest.raises(ValueError, match="neither hf-hub"):
             build_model(resolve(tiny_run(tmp_path, cifar10, backbone_pretrained=str(tmp_path / "nothing"))))
+
+
+def test_random_init_baseline_is_measured_beside_the_run(tmp_path, cifar10):
+    out = tmp_path / "run"
+    result = run_pretrain(tiny_run(out, cifar10, max_steps=2, knn_every=0, knn_train_samples=128, knn_test_samples=64,
+                                   knn_random_baseline=True))
+    assert 0.0 <= result["random_init_knn_top1"] <= 1.0 and "knn_top1" in result
+    evals = json.loads((out / "eval_results.json").read_text())
+    assert evals["random_init_knn_top1"] == result["random_init_knn_top1"]
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert [r.metric_value for r in card.data.eval_results] == [round(100 * result["knn_top1"], 2)]  # not the baseline

@@ -118,6 +118,8 @@ class PretrainArguments:
     image_every: int = _f(500, "write pictures (views, mixed samples, AutoMix masks) every N steps "
                                "(0 = only at the end, -1 = never)")
     image_count: int = _f(8, "images per picture row")
+    knn_random_baseline: bool = _f(False, "after the final kNN, also evaluate the same network at random "
+                                          "initialisation (random_init_knn_top1) for comparison")
     knn_k: int = _f(200, "kNN neighbours")
     knn_t: float = _f(0.1, "kNN temperature")
     knn_train_samples: int | None = _f(None, "cap the kNN memory bank")

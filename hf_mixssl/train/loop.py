@@ -346,6 +346,7 @@ class Pretrainer:
         (``--overwrite_output_dir``) or refused, before anything is written."""
         acc, args, out = self.accelerator, self.args, self.output_dir
         found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        acc.wait_for_everyone()  # every rank looks before any rank writes (rank 0 creates train.log next)
         if not found or args.resume_from_checkpoint:
             return
         if not args.overwrite_output_dir:
@@ -516,31 +517,46 @@ class Pretrainer:
         save_pictures(pictures, self.output_dir / "images", self.global_step, acc.trackers)
 
     # -- evaluation
+    def _eval_data(self) -> EvalData:
+        acc, args = self.accelerator, self.args
+        return EvalData(args.dataset, args.dataset_config, args.image_column, args.label_column,
+                        num_workers=args.num_workers, device=acc.device,
+                        autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
+                        rank=acc.process_index, world_size=acc.num_processes)
+
+    def _knn(self, model: nn.Module) -> dict[str, float]:
+        args = self.args
+        return knn_evaluate(model, self._eval_data(), train_split=args.train_split, eval_split=args.eval_split,
+                            train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
+                            knn_k=args.knn_k, knn_t=args.knn_t)
+
     def evaluate(self) -> dict[str, float]:
         """The run's evaluation: top-1 of a classifier's logits, else weighted kNN. Every rank extracts its share
         of the splits and gets the gathered result (no rank idles at a barrier while one reads a whole split)."""
         acc, args = self.accelerator, self.args
         model = acc.unwrap_model(self.model)
-        data = EvalData(
-            args.dataset, args.dataset_config, args.image_column, args.label_column,
-            num_workers=args.num_workers, device=acc.device,
-            autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
-            rank=acc.process_index, world_size=acc.num_processes,
-        )
-        if self.method.supervised:
-            result = accuracy_evaluate(model, data, eval_split=args.eval_split, test_samples=args.knn_test_samples)
-            logger.info("step %d: top-1 %.4f (%d samples)", self.global_step, result["top1"], result["eval_samples"])
-            for key, logits_fn in model.extra_classifiers().items():
-                result.update(accuracy_evaluate(model, data, eval_split=args.eval_split, key=key,
-                                                test_samples=args.knn_test_samples, logits_fn=logits_fn))
-                logger.info("step %d: %s %.4f", self.global_step, key, result[key])
-        else:
-            result = knn_evaluate(model, data, train_split=args.train_split, eval_split=args.eval_split,
-                                  train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
-                                  knn_k=args.knn_k, knn_t=args.knn_t)
+        if not self.method.supervised:
+            result = self._knn(model)
             logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, result["knn_top1"],
                         result["knn_train_samples"], result["knn_test_samples"])
+            return result
+        data = self._eval_data()
+        result = accuracy_evaluate(model, data, eval_split=args.eval_split, test_samples=args.knn_test_samples)
+        logger.info("step %d: top-1 %.4f (%d samples)", self.global_step, result["top1"], result["eval_samples"])
+        for key, logits_fn in model.extra_classifiers().items():
+            result.update(accuracy_evaluate(model, data, eval_split=args.eval_split, key=key,
+                                            test_samples=args.knn_test_samples, logits_fn=logits_fn))
+            logger.info("step %d: %s %.4f", self.global_step, key, result[key])
         return result
+
+    def random_init_baseline(self) -> dict[str, float]:
+        """kNN top-1 of the same architecture at random initialisation (seeded), the number every
+        self-supervised result is compared with; ``random_init_``-prefixed keys never reach the card's results."""
+        torch.manual_seed(self.args.seed)
+        fresh = type(self.accelerator.unwrap_model(self.model))(self.config).to(self.accelerator.device)
+        top1 = self._knn(fresh)["knn_top1"]
+        logger.info("kNN top-1 of the same network at random initialisation: %.4f", top1)
+        return {"random_init_knn_top1": top1}
 
     # -- the loop
     def _log(self, metrics: dict[str, float]) -> None:
@@ -663,6 +679,8 @@ class Pretrainer:
             try:
                 eval_results = self.evaluate()
                 self._log(eval_results)
+                if args.knn_random_baseline and not self.method.supervised:
+                    eval_results.update(self.random_init_baseline())
             except Exception as e:  # noqa: BLE001 - the saved model stays; evaluation can be rerun on it
                 logger.error("evaluation failed (%s: %s); the model is saved in %s: evaluate it later with "
                              "hf-mixssl-evaluate --model %s", type(e).__name__, e, self.output_dir, self.output_dir)

@@ -93,3 +93,29 @@ def test_manifoldmix_stage_out_of_range():
     with pytest.raises(ValueError, match="manifoldmix_stages"):
         tiny(mix_modes=["manifoldmix"], manifoldmix_stages=[9])
 
+
+
+def test_manifoldmix_points_are_openmixups_layers():
+    """OpenMixup ResNet_Mix: layer 0 mixes the input; layer k >= 1 mixes the output of residual stage k
+    (``if i + 1 == layer: x = mix(x)`` after each res layer). Hand copy of that forward on the timm ResNet."""
+    model = tiny().eval()
+    x, _ = data()
+    perm, lam = torch.arange(6).flip(0), 0.3
+
+    def mix(h):
+        return h * lam + h[perm] * (1.0 - lam)
+
+    def resnet_mix(img, layer):
+        b = model.backbone
+        if layer == 0:
+            img = mix(img)
+        h = b.maxpool(b.act1(b.bn1(b.conv1(img))))
+        for i, res_layer in enumerate((b.layer1, b.layer2, b.layer3, b.layer4)):
+            h = res_layer(h)
+            if i + 1 == layer:
+                h = mix(h)
+        return model.classifier(b.forward_head(h, pre_logits=True))
+
+    for layer in (0, 1, 2):
+        ours = model._manifold_logits(x, lam=lam, perm=perm, stage=layer)
+        assert torch.allclose(ours, resnet_mix(x, layer), atol=1e-5), layer

@@ -28,8 +28,9 @@ class MixupClassifierConfig(PretrainedConfig):
         mix_alpha (`float` or `list[float]`, defaults to 1.0): ``lam ~ Beta(alpha, alpha)``, one value or one per
             mode (OpenMixup uses 1.0 for Mixup/CutMix on ImageNet, 0.2 for Mixup on CIFAR-style recipes).
         resizemix_scope (`list[float]`, defaults to `[0.1, 0.8]`): ResizeMix's paste-scale range.
-        manifoldmix_stages (`list[int]`, defaults to `[0, 1, 2]`): indices into the backbone's
-            ``feature_info`` at which ManifoldMix may mix hidden features.
+        manifoldmix_stages (`list[int]`, defaults to `[0, 1, 2]`): where ManifoldMix may mix, numbered as
+            OpenMixup's ``layer=(0, 3)``: 0 = the input images, ``k >= 1`` = the output of the backbone's
+            ``feature_info[k]`` (``layer{k}`` of a ResNet).
         label_smoothing (`float`, defaults to 0.0): label smoothing of the cross-entropy.
         image_size (`int`, defaults to 224): training resolution (recorded for evaluation and export).
         image_mean (`list[float]`, *optional*): normalisation mean used in training (default: ImageNet's).

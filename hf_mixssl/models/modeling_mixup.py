@@ -114,11 +114,15 @@ class MixupForImageClassification(MixupPreTrainedModel):
         raise ValueError(f"{mode!r} is not an input-space mix mode")
 
     def _manifold_logits(self, x: torch.Tensor, *, lam: float, perm: torch.Tensor, stage: int) -> torch.Tensor:
-        """ManifoldMix (Verma et al., ICML 2019): mix the hidden features at one backbone stage.
+        """ManifoldMix (Verma et al., ICML 2019): mix at one point of the backbone, numbered as OpenMixup's
+        ``ResNet_Mix`` numbers its ``layer``: 0 mixes the input images, ``k >= 1`` the output of residual stage
+        ``k`` (timm's ``feature_info[k]``: ``layer1``, ``layer2``, ... of a ResNet).
 
-        A forward hook on the stage's module (named by timm's public ``feature_info``) replaces its output
-        with ``lam * h + (1 - lam) * h[perm]``; the rest of the network runs on the mixed features.
+        A forward hook on that module replaces its output with ``lam * h + (1 - lam) * h[perm]``; the rest of the
+        network runs on the mixed features.
         """
+        if stage == 0:
+            return self._logits(x * lam + x[perm] * (1.0 - lam))
         module = self.backbone.get_submodule(self.backbone.feature_info[stage]["module"])
 
         def mix_hook(_module, _inputs, h):

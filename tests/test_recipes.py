@@ -36,6 +36,9 @@ class TestBatchPlan:
         # a per-device batch on the command line replaces the preset's global batch
         args = parse_args(["--preset", "moco_v2_cifar", "--per_device_batch_size", "128", "--max_steps", "1"])
         assert args.global_batch_size is None and args.per_device_batch_size == 128
+        # and explicit BN splits replace the preset's BN group size
+        args = parse_args(["--preset", "moco_v2_cifar", "--bn_splits", "1", "--max_steps", "1"])
+        assert args.bn_group_size is None and args.model_settings["bn_splits"] == 1
 
 
 def official_moco_adjust_learning_rate(lr, epoch, *, cos, epochs, schedule):

@@ -388,10 +388,11 @@ def parse_args(argv: list[str] | None = None) -> PretrainArguments:
     cli = vars(cli)
     merged = resolve_defaults(method, cli.get("preset", file_values.get("preset")))
     for layer in (file_values, cli):
-        # A batch size given at a higher layer replaces the other kind given below it (a preset's global batch
-        # and a command line's --per_device_batch_size 128: the command line wins).
-        if "per_device_batch_size" in layer and "global_batch_size" not in layer:
-            merged["global_batch_size"] = None
+        # A setting given at a higher layer replaces its alternative given below it (a preset's global batch and a
+        # command line's --per_device_batch_size 128: the command line wins; likewise bn_splits / bn_group_size).
+        for given, replaced in (("per_device_batch_size", "global_batch_size"), ("bn_splits", "bn_group_size")):
+            if given in layer and replaced not in layer:
+                merged[replaced] = None
         merged.update(layer)
     return resolve(merged)
 

@@ -98,3 +98,21 @@ def test_pretrain_help_lists_flags():
     for flag in ("--method", "--preset", "--dataset", "--backbone_kwargs", "--cifar_stem", "--resume_from_checkpoint",
                  "--gradient_accumulation_steps", "--optimizer", "--knn_every", "--config", "--report_to"):
         assert flag in proc.stdout
+
+
+def test_the_readme_main_job_runs(tmp_path):
+    """The README's first command, as written (its dataset path resolved from the checkout), cut to 2 steps."""
+    import shlex
+
+    line = next(line for line in (REPO / "README.md").read_text().splitlines()
+                if line.startswith("pip install") and "scripts/pretrain.py" in line)
+    args = shlex.split(line.split("scripts/pretrain.py", 1)[1])
+    args[args.index("--dataset") + 1] = str((REPO / args[args.index("--dataset") + 1]).resolve())
+    args[args.index("--output_dir") + 1] = str(tmp_path / "quickstart")
+    args += ["--max_steps", "2", "--knn_train_samples", "256", "--knn_test_samples", "128", "--num_workers", "0",
+             "--report_to", "none"]
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain.py"), *args], capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"knn_top1", "random_init_knn_top1"} <= set(result) and result["global_step"] == 2

@@ -79,6 +79,10 @@ class Method:
         for name in ("fixed", "defaults", "tiny"):  # entries are shared: nobody may edit them in place
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
+    def make_config(self, **settings: Any):
+        """The method's config from its own settings (the values the method name fixes added)."""
+        return self.config_class(**self.fixed, **settings)
+
     def matches(self, config: Mapping[str, Any]) -> bool:
         """Whether a saved ``config.json`` (as a dict) is a model of this method."""
         return config.get("model_type") == self.config_class.model_type and all(

@@ -78,7 +78,7 @@ def test_torchvision_resnet_init_where_the_official_code_uses_torchvision(preset
     args = parse_args(["--preset", preset, "--max_steps", "1"])
     entry = get_method(args.method)
     settings = {**args.model_settings, "backbone": "resnet18"}
-    model = entry.model_class(entry.config_class(**entry.fixed, **settings))
+    model = entry.model_class(entry.make_config(**settings))
     ours = [blk.bn2.weight for layer in ("layer1", "layer2", "layer3", "layer4")
             for blk in getattr(model.get_encoder(), layer)]
     reference = torchvision.models.resnet18()
@@ -92,7 +92,7 @@ def test_presets_that_zero_the_last_bn_keep_timm_default():
 
     args = parse_args(["--preset", "automix_cifar", "--max_steps", "1"])  # OpenMixup zeroes it
     entry = get_method(args.method)
-    model = entry.model_class(entry.config_class(**entry.fixed, **args.model_settings, num_labels=10))
+    model = entry.model_class(entry.make_config(**args.model_settings, num_labels=10))
     assert all(float(blk.bn2.weight.detach().abs().sum()) == 0.0 for blk in model.backbone.layer1)
 
 
@@ -130,7 +130,7 @@ def test_two_ranks_draw_their_own_randomness_and_share_the_batch_plan(tmp_path, 
         batch = next(iter(trainer.stream.on_device(trainer.accelerator.device)))
         out = trainer.model(pixel_values=batch["pixel_values"])
         record = {{"rank": trainer.accelerator.process_index, "per_device": trainer.plan.per_device,
-                  "global": trainer.global_batch, "lam": float(out.unmix_lam), "draw": float(torch.rand(()))}}
+                  "global": trainer.plan.global_batch, "lam": float(out.unmix_lam), "draw": float(torch.rand(()))}}
         print("RANK " + json.dumps(record), flush=True)
         trainer.accelerator.end_training()
         trainer.close()

@@ -21,16 +21,13 @@ METHODS = list_methods()
 
 def tiny_model(name: str):
     """The method's model built from its registry entry's tiny setting (config fields only)."""
-    from hf_mixssl.train.arguments import method_settings
+    from hf_mixssl.train.arguments import settings_of
 
     entry = get_method(name)
-    settings = method_settings(entry)
-    values = {k: v for k, v in {**entry.defaults, **entry.tiny}.items() if k in settings}
-    values = {k: (v[0] if isinstance(v, list) and len(v) == 1 and settings[k].scalar_allowed() else v)
-              for k, v in values.items()}
+    values = settings_of(entry, {**entry.defaults, **entry.tiny})
     if entry.supervised:
         values.setdefault("num_labels", 10)
-    return entry.model_class(entry.config_class(**entry.fixed, **values))
+    return entry.model_class(entry.make_config(**values))
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +141,7 @@ def test_every_preset_keeps_its_values():
     for preset, values in PRESETS.items():
         args = parse_args(["--preset", preset, "--max_steps", "1"])
         entry = get_method(args.method)
-        config = entry.config_class(**entry.fixed, **args.model_settings).to_dict()
+        config = entry.make_config(**args.model_settings).to_dict()
         names = {f.name for f in dataclasses.fields(args)}
         for key, value in values.items():
             got = getattr(args, key) if key in names else config[key]

@@ -36,12 +36,11 @@ def _sync(device: torch.device) -> None:
 def build(method: str, settings: dict, device: torch.device):
     """A model of ``method`` with the method's registry defaults plus ``settings``, and its SGD optimizer."""
     from hf_mixssl.methods import get_method
-    from hf_mixssl.train.arguments import method_settings
+    from hf_mixssl.train.arguments import settings_of
 
     entry = get_method(method)
-    fields = method_settings(entry)
-    values = {k: v for k, v in {**entry.defaults, **settings}.items() if k in fields}
-    model = entry.model_class(entry.config_class(**entry.fixed, **values)).to(device).train()
+    config = entry.make_config(**settings_of(entry, {**entry.defaults, **settings}))
+    model = entry.model_class(config).to(device).train()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     groups = model.optimizer_param_groups()

@@ -72,32 +72,33 @@ class ViewOps:
 
 def apply_ops(x: torch.Tensor, params: torch.Tensor, ops: ViewOps) -> torch.Tensor:
     """One view's device ops on a batch, in place: ``x [N, 3, H, W]`` float in [0, 1] (modified and returned),
-    ``params [N, len(PARAMS)]``. Each op touches only the rows it applies to."""
+    ``params [N, len(PARAMS)]``. Each op touches only the rows it applies to (none when it is not in the recipe)."""
 
-    def rows(name: str) -> torch.Tensor:
+    def rows(name: str, p: float = 1.0) -> torch.Tensor:
+        if p <= 0:
+            return params.new_zeros(0, dtype=torch.long)
         return params[:, _P[name]].bool().nonzero(as_tuple=True)[0]
 
     def gray() -> None:
-        idx = rows("gray") if ops.gray_p > 0 else idx_none
+        idx = rows("gray", ops.gray_p)
         if idx.numel():
             x[idx] = grayscale(x[idx]).expand(-1, 3, -1, -1)
 
-    idx_none = params.new_zeros(0, dtype=torch.long)
     idx = rows("flip")
     if idx.numel():
         x[idx] = x[idx].flip(-1)
     if ops.gray_first:
         gray()
-    idx = rows("jitter") if ops.jitter_p > 0 else idx_none
+    idx = rows("jitter", ops.jitter_p)
     if idx.numel():
         factors = params[idx, _P["brightness"]:_P["hue"] + 1]
         x[idx] = color_jitter(x[idx], factors, params[idx, _P["order0"]:_P["order3"] + 1].long())
     if not ops.gray_first:
         gray()
-    idx = rows("blur") if ops.blur_p > 0 else idx_none
+    idx = rows("blur", ops.blur_p)
     if idx.numel():
         x[idx] = gaussian_blur(x[idx], params[idx, _P["sigma"]])
-    idx = rows("solarize") if ops.solarize_p > 0 else idx_none
+    idx = rows("solarize", ops.solarize_p)
     if idx.numel():
         part = x[idx]
         x[idx] = torch.where(part >= 128 / 255, 1.0 - part, part)  # PIL's ImageOps.solarize(threshold=128)

@@ -267,6 +267,13 @@ def method_settings(method: Method) -> dict[str, ConfigField]:
     return {n: f for n, f in config_fields(method.config_class).items() if n not in method.fixed}
 
 
+def settings_of(method: Method, values: dict[str, Any]) -> dict[str, Any]:
+    """The method's config settings among flat ``values`` (``None`` dropped, one-element lists made scalar where
+    the field takes a scalar)."""
+    settings = method_settings(method)
+    return {k: _coerce(v, settings[k]) for k, v in values.items() if k in settings and v is not None}
+
+
 # ------------------------------------------------------------------------------- the parser
 class _ShortErrorParser(argparse.ArgumentParser):
     """Errors in two lines (the message and where to look), not a 60-line usage text before the message."""
@@ -432,30 +439,21 @@ def resolve(values: dict[str, Any]) -> PretrainArguments:
     names = {f.name for f in dataclasses.fields(PretrainArguments)}
     settings = method_settings(method)
     known = {k: v for k, v in values.items() if k in names and k != "model_settings"}
-    model = dict(values.get("model_settings") or {})
-    unknown = []
-    for key, value in values.items():
-        if key in names:
-            continue
-        if key in settings:
-            if value is not None:
-                model[key] = _coerce(value, settings[key])
-        elif key in method.fixed and value == method.fixed[key]:
-            continue  # e.g. version=2 in a moco_v2 run's saved arguments
-        else:
-            unknown.append(key)
+    model = {**(values.get("model_settings") or {}), **settings_of(method, values)}
+    # version=2 in a moco_v2 run's saved arguments is fine: the method name fixes it to that value.
+    unknown = [k for k, v in values.items() if k not in names and k not in settings
+               and not (k in method.fixed and v == method.fixed[k])]
     if unknown:
         owners = {k: [n for n in list_methods() if k in method_settings(get_method(n))] for k in unknown}
         detail = "; ".join(f"{k} (a setting of {', '.join(o)})" if o else k for k, o in owners.items())
         raise ValueError(f"argument(s) not valid for method {method.name!r}: {detail}; see --method "
                          f"{method.name} --help")
-    known.setdefault("views", method.views)
     if known.get("views") is None:
         known["views"] = method.views
     args = PretrainArguments(**known, model_settings=model)
     args.validate()
     try:  # the config class is the one place a setting is validated
-        method.config_class(**method.fixed, **model)
+        method.make_config(**model)
     except (TypeError, ValueError) as e:
         raise ValueError(f"method {method.name!r}: {e}") from e
     return args

@@ -98,7 +98,7 @@ class BatchPlan:
 
 # Settings a checkpoint records: the first must match for an exact resume (the run is refused, naming each one),
 # the others may change (a warning names them).
-EXACT_SETTINGS = ("method", "model_config", "dataset", "dataset_config", "train_split", "seed", "views",
+EXACT_SETTINGS = ("model_config", "dataset", "dataset_config", "train_split", "seed", "views",
                   "min_crop_scale", "augment_on", "shuffle_buffer_size", "min_image_size", "global_batch",
                   "per_device_batch", "gradient_accumulation_steps", "optimizer")
 OTHER_SETTINGS = ("learning_rate", "scale_lr", "min_lr", "lr_schedule", "lr_decay_epochs", "warmup_steps",
@@ -153,7 +153,7 @@ def build_model(args: PretrainArguments, plan: BatchPlan | None = None) -> nn.Mo
         else:
             values["num_labels"] = count_classes(args.dataset, args.train_split, name=args.dataset_config,
                                                  label_column=args.label_column)
-    model = method.model_class(method.config_class(**method.fixed, **values))
+    model = method.model_class(method.make_config(**values))
     for flag, source in (("init_backbone", weights), ("backbone_pretrained", args.backbone_pretrained)):
         if source is None:
             continue
@@ -292,11 +292,10 @@ class Pretrainer:
         self.config = self.model.config
         if args.sync_bn and acc.num_processes > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.global_batch = self.plan.global_batch
-        self.peak_lr = args.learning_rate * (self.global_batch / 256 if args.scale_lr else 1.0)
-        rule = f"{args.learning_rate:g} x {self.global_batch}/256" if args.scale_lr else "not scaled"
+        self.peak_lr = args.learning_rate * (self.plan.global_batch / 256 if args.scale_lr else 1.0)
+        rule = f"{args.learning_rate:g} x {self.plan.global_batch}/256" if args.scale_lr else "not scaled"
         logger.info("global batch %d = %d per device x %d process(es) x %d accumulation; peak lr %g (%s)%s",
-                    self.global_batch, self.plan.per_device, acc.num_processes, args.gradient_accumulation_steps,
+                    self.plan.global_batch, self.plan.per_device, acc.num_processes, args.gradient_accumulation_steps,
                     self.peak_lr, rule, f"; BatchNorm in {self.plan.bn_splits} split(s) of {args.bn_group_size}"
                     if self.plan.bn_splits else "")
         self.optimizer = self._build_optimizer()
@@ -354,7 +353,6 @@ class Pretrainer:
                 f"output_dir {out} already holds files ({', '.join(found[:6])}{', ...' if len(found) > 6 else ''}): "
                 f"pass --resume_from_checkpoint latest to continue that run, --overwrite_output_dir to replace it, "
                 f"or choose another --output_dir")
-        acc.wait_for_everyone()
         if acc.is_main_process:
             logger.warning("--overwrite_output_dir: removing the previous run in %s", out)
             shutil.rmtree(out)
@@ -416,7 +414,7 @@ class Pretrainer:
     def _plan_steps(self) -> tuple[int, int]:
         args = self.args
         rows = count_rows(args.dataset, args.train_split, name=args.dataset_config)
-        steps_per_epoch = max(1, rows // self.global_batch)
+        steps_per_epoch = max(1, rows // self.plan.global_batch)
         total = args.max_steps if args.max_steps is not None else int(math.ceil(args.num_epochs * steps_per_epoch))
         return total, steps_per_epoch
 
@@ -464,7 +462,7 @@ class Pretrainer:
 
     def _resume_settings(self, names: tuple[str, ...]) -> dict[str, Any]:
         values = {**dataclasses.asdict(self.args), "model_config": _comparable_config(self.config),
-                  "global_batch": self.global_batch, "per_device_batch": self.plan.per_device}
+                  "global_batch": self.plan.global_batch, "per_device_batch": self.plan.per_device}
         return {k: values[k] for k in names}
 
     def load_checkpoint(self, path: Path) -> None:
@@ -595,7 +593,8 @@ class Pretrainer:
                 logger.info("no checkpoint in %s: starting from scratch", self.output_dir / "checkpoints")
         if acc.is_main_process:
             resolved = {**dataclasses.asdict(args), "model_config": self.config.to_dict(),
-                        "resolved": {"global_batch_size": self.global_batch, "per_device_batch_size": self.plan.per_device,
+                        "resolved": {"global_batch_size": self.plan.global_batch,
+                                     "per_device_batch_size": self.plan.per_device,
                                      "num_processes": acc.num_processes,
                                      "gradient_accumulation_steps": args.gradient_accumulation_steps,
                                      "bn_splits": self.plan.bn_splits, "peak_learning_rate": self.peak_lr},

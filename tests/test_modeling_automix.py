@@ -95,6 +95,53 @@ class TestMomentum:
         assert float(model.progress) == 1.0
 
 
+def openmixup_cosine_schedule_momentum(cur_iter, max_iters, base_m, end_momentum, adjust_scope=(0.1, 1.0)):
+    """Hand copy of OpenMixup ``CosineScheduleHook.before_train_iter`` (warming_up="constant")."""
+    from math import cos, pi
+
+    max_iter = int(max_iters * adjust_scope[1]) if adjust_scope[1] < 1 else max_iters
+    min_iter = int(max_iters * adjust_scope[0]) if adjust_scope[0] > 0 else 0
+    if min_iter <= cur_iter and cur_iter <= max_iter:
+        return end_momentum - (end_momentum - base_m) * (cos(pi * cur_iter / float(max_iter)) + 1) / 2
+    return base_m
+
+
+class TestOfficialAutoMix:
+    def test_ema_schedule_equals_openmixup_hook(self):
+        model = tiny(momentum=0.999, momentum_final=0.999999, momentum_start=0.1)
+        total = 1000
+        for it in (0, 50, 99, 100, 101, 500, 999, 1000):
+            expected = openmixup_cosine_schedule_momentum(it, total, 0.999, 0.999999)
+            assert model.update_momentum(it / total) == pytest.approx(expected, abs=1e-12), it
+
+    def test_momentum_encoder_bn_sees_clean_then_mixed_images_in_every_stage(self):
+        """OpenMixup's step runs ``backbone_k(img)`` (all stages, train mode) and then ``backbone_k(img_mix_mb)``:
+        the running statistics of the last stage's BatchNorm take both batches, in that order."""
+        import copy
+
+        model = tiny().train()
+        x, y = data()
+        k_copy = copy.deepcopy(model.backbone_k).train()
+        out = model(x, y, lam=(0.4, 0.6), perm=PERMS)
+        stage = dict(k_copy.named_modules())[k_copy.feature_info[3]["module"]]
+        captured = []
+        handle = stage.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        with torch.no_grad():
+            k_copy(x)  # the clean pass: one plain forward of the whole backbone, its stage-3 output kept
+        handle.remove()
+        # the MixBlock's mask from the same weights gives the MixBlock's mixed batch
+        with torch.no_grad():
+            m = model.mixblock(captured[0], lam=0.4, perm=PERMS[0], size=(32, 32))
+            k_copy(((1 - m) * x + m * x[PERMS[0]]))
+        last_bn = [n for n, mod in model.backbone_k.named_modules() if isinstance(mod, torch.nn.BatchNorm2d)][-1]
+        ours = dict(model.backbone_k.named_modules())[last_bn]
+        ref = dict(k_copy.named_modules())[last_bn]
+        torch.testing.assert_close(ours.running_mean, ref.running_mean)
+        torch.testing.assert_close(ours.running_var, ref.running_var)
+        assert int(ours.num_batches_tracked) == 2
+        assert out.loss.isfinite()
+
+
 class TestInferenceAndSaving:
     def test_inference_uses_momentum_encoder(self):
         model = tiny().eval()

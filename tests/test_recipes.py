@@ -66,6 +66,21 @@ def test_moco_v1_step_schedule_equals_the_official_one():
         assert ours == pytest.approx(official, rel=1e-12), step
 
 
+@pytest.mark.parametrize("preset", ["moco_v2_imagenet", "moco_v2_cifar", "unmix_moco_cifar"])
+def test_moco_cosine_schedule_holds_each_epoch_as_the_official_one(preset):
+    from hf_mixssl.train.arguments import parse_args
+
+    args = parse_args(["--preset", preset, "--max_steps", "1"])
+    assert args.lr_by_epoch and args.lr_schedule == "cosine"
+    steps_per_epoch, epochs = 7, 20
+    for step in range(epochs * steps_per_epoch):
+        ours = learning_rate_at(step, total=epochs * steps_per_epoch, warmup=0, peak=0.06, final=0.0,
+                                schedule="cosine", epoch_steps=steps_per_epoch)
+        official = official_moco_adjust_learning_rate(0.06, step // steps_per_epoch, cos=True, epochs=epochs,
+                                                      schedule=[])
+        assert ours == pytest.approx(official, rel=1e-12, abs=1e-15), step
+
+
 @pytest.mark.parametrize("preset", ["moco_v1_imagenet", "moco_v2_imagenet", "moco_v2_cifar", "unmix_moco_cifar",
                                     "emp_ssl_cifar"])
 def test_torchvision_resnet_init_where_the_official_code_uses_torchvision(preset):

@@ -74,7 +74,8 @@ class TestMixupRun:
     def test_automix_run_reports_top1_with_mixblock_lr_group(self, tmp_path, cifar10):
         out = tmp_path / "automix"
         result = run_pretrain(tiny_run(out, cifar10, method="automix", momentum=0.999, mixblock_stage=3,
-                                       mixblock_lr_scale=0.5, knn_test_samples=64, max_steps=3, knn_every=0,
+                                       mixblock_lr_scale=0.5, mixblock_momentum=0.0, mixblock_min_lr=0.001,
+                                       knn_test_samples=64, max_steps=3, knn_every=0,
                                        image_every=2,
                                        checkpointing_steps=3))
         assert 0.0 <= result["top1"] <= 1.0 and 0.0 <= result["top1_online"] <= 1.0
@@ -83,7 +84,9 @@ class TestMixupRun:
             assert key in logged[0], key
         opt = torch.load(out / "checkpoints" / "step_00000003" / "optimizer.bin", weights_only=False)
         lrs = [g["lr"] for g in opt["param_groups"]]
-        assert lrs[1] == pytest.approx(0.5 * lrs[0])  # the MixBlock's own learning rate
+        # at the last step the backbone's cosine reached min_lr (0), the MixBlock's its own end x its lr_scale
+        assert lrs[0] == pytest.approx(0.0) and lrs[1] == pytest.approx(0.5 * 0.001)
+        assert [g["momentum"] for g in opt["param_groups"]] == [0.9, 0.0]  # OpenMixup's paramwise momentum 0
         from PIL import Image
 
         pictures = sorted((out / "images").glob("*automix_masks.png"))

@@ -33,8 +33,14 @@ class AutoMixConfig(PretrainedConfig):
             backbone uses plain Mixup instead of the MixBlock mask.
         momentum (`float`, defaults to 0.999): EMA coefficient of the momentum encoder at the start.
         momentum_final (`float`, defaults to 0.999999): EMA coefficient at the end (CIFAR; 0.99999 on ImageNet).
-        momentum_start (`float`, defaults to 0.1): fraction of training before the cosine increase starts.
+        momentum_start (`float`, defaults to 0.1): fraction of training during which the EMA coefficient is held
+            at ``momentum``; from there on it follows the cosine of the whole run (OpenMixup's
+            ``CosineScheduleHook(adjust_scope=[0.1, 1.0], warming_up="constant")``).
         mixblock_lr_scale (`float`, defaults to 1.0): MixBlock learning rate relative to the backbone's.
+        mixblock_momentum (`float`, *optional*): SGD momentum of the MixBlock's parameter group (OpenMixup's
+            ImageNet configs: ``paramwise_options={'mix_block': dict(momentum=0.)}``); default: the optimizer's.
+        mixblock_min_lr (`float`, *optional*): the MixBlock's own cosine schedule ends at this learning rate
+            (OpenMixup's ImageNet ``addtional_scheduler``: ``min_lr=0.001``); default: the run's schedule.
         image_size (`int`, defaults to 224): training resolution (recorded for evaluation and export).
         image_mean (`list[float]`, *optional*): normalisation mean used in training (default: ImageNet's).
         image_std (`list[float]`, *optional*): normalisation std used in training (default: ImageNet's).
@@ -61,6 +67,8 @@ class AutoMixConfig(PretrainedConfig):
         momentum_final: float = 0.999999,
         momentum_start: float = 0.1,
         mixblock_lr_scale: float = 1.0,
+        mixblock_momentum: float | None = None,
+        mixblock_min_lr: float | None = None,
         image_size: int = 224,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
@@ -82,6 +90,9 @@ class AutoMixConfig(PretrainedConfig):
                              f"got {momentum!r}, {momentum_final!r}")
         if not 0.0 <= momentum_start < 1.0:
             raise ValueError(f"momentum_start must be in [0, 1), got {momentum_start!r}")
+        for field, value in (("mixblock_momentum", mixblock_momentum), ("mixblock_min_lr", mixblock_min_lr)):
+            if value is not None and not value >= 0:
+                raise ValueError(f"{field} must be >= 0, got {value!r}")
         if not isinstance(mixblock_stage, int) or mixblock_stage < 0:
             raise ValueError(f"mixblock_stage must be a non-negative integer, got {mixblock_stage!r}")
         set_backbone_fields(self, backbone=backbone, backbone_kwargs=backbone_kwargs, cifar_stem=cifar_stem,
@@ -98,4 +109,6 @@ class AutoMixConfig(PretrainedConfig):
         self.momentum_final = float(momentum_final)
         self.momentum_start = float(momentum_start)
         self.mixblock_lr_scale = float(mixblock_lr_scale)
+        self.mixblock_momentum = mixblock_momentum
+        self.mixblock_min_lr = mixblock_min_lr
         super().__init__(**label_kwargs(num_labels, kwargs))

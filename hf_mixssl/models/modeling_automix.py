@@ -3,13 +3,16 @@
 Per training step (two ``lam ~ Beta(alpha, alpha)`` and two partner permutations, one each for the MixBlock
 and for the backbone):
 
-1. the momentum encoder ``k`` computes a stage feature of the clean images (no gradient);
+1. the momentum encoder ``k`` runs a full forward on the clean images (no gradient; in training mode, so its
+   BatchNorm statistics of every stage see clean images, as ``self.backbone_k(img)`` in OpenMixup's
+   ``classifiers/automix.py``) and the MixBlock reads its stage feature;
 2. the MixBlock turns it into a mask ``m`` (the partner's share); ``x_mix = (1 - m) * x + m * x[perm]``;
 3. ``loss_mixblock = CE_mix(head_mix_k(k(x_mix_mb)))`` reaches only the MixBlock (``k`` is frozen), plus the
    mask loss ``w * max(|1 - mean(m) - lam| - margin, 0)``;
 4. the online encoder ``q`` learns from ``CE(head_one_q(q(x)))`` and ``CE_mix(head_mix_q(q(x_mix_bb)))`` with the
    backbone's mask detached (plain Mixup when ``lam`` is within ``lam_margin`` of 0 or 1);
-5. after the optimizer step the loop calls :meth:`update_momentum`: ``k`` (backbone and heads) <- EMA of ``q``.
+5. after the optimizer step the loop calls :meth:`update_momentum`: ``k`` (backbone and heads) <- EMA of ``q``,
+   with OpenMixup's ``CosineScheduleHook`` schedule.
 
 Inference uses ``k``. Only sibling role modules are imported, so this file travels with the weights.
 """
@@ -135,22 +138,36 @@ class AutoMixModel(AutoMixPreTrainedModel):
     # ------------------------------------------------------------------------------------- momentum
     @torch.no_grad()
     def update_momentum(self, progress: float) -> float:
-        """EMA of q into k at ``progress`` in [0, 1]: constant until ``momentum_start``, then cosine to final."""
+        """EMA of q into k at ``progress = step / total`` in [0, 1], as OpenMixup's ``CosineScheduleHook`` with
+        ``adjust_scope=[momentum_start, 1]`` and ``warming_up="constant"``: ``m = momentum`` before
+        ``momentum_start``, then ``final - (final - base) * (1 + cos(pi * progress)) / 2`` (the cosine of the whole
+        run, so ``m`` jumps to its value at ``momentum_start`` there rather than starting the cosine afresh).
+
+        Differs by one step: the hook evaluates the step count before the step (``runner.iter``), the loop passes it
+        after, which moves ``m`` by at most ``pi * (final - base) / (2 * total)``.
+        """
         cfg = self.config
         self.progress.fill_(progress)
-        shifted = max(0.0, (progress - cfg.momentum_start) / (1.0 - cfg.momentum_start))
-        m = momentum_schedule(shifted, base=cfg.momentum, final=cfg.momentum_final, kind="cosine")
+        m = cfg.momentum if progress < cfg.momentum_start else momentum_schedule(
+            progress, base=cfg.momentum, final=cfg.momentum_final, kind="cosine")
         for online, ema in ((self.backbone, self.backbone_k), (self.head_one, self.head_one_k),
                             (self.head_mix, self.head_mix_k)):
             update_momentum(ema, online, m=m)
         return m
 
     def optimizer_param_groups(self) -> list[dict]:
-        """Online encoder and MixBlock as separate groups (``lr_scale`` = ``mixblock_lr_scale``)."""
+        """Online encoder and MixBlock as separate groups; the MixBlock's carries ``lr_scale``
+        (``mixblock_lr_scale``), and where set its own SGD ``momentum`` and the ``min_lr`` of its own cosine."""
+        cfg = self.config
         mixblock = list(self.mixblock.parameters())
         ids = {id(p) for p in mixblock}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": rest}, {"params": mixblock, "lr_scale": self.config.mixblock_lr_scale}]
+        group = {"params": mixblock, "lr_scale": cfg.mixblock_lr_scale}
+        if cfg.mixblock_momentum is not None:
+            group["momentum"] = cfg.mixblock_momentum
+        if cfg.mixblock_min_lr is not None:
+            group["min_lr"] = cfg.mixblock_min_lr
+        return [{"params": rest}, group]
 
     # ------------------------------------------------------------------------------------- inference
     def extract_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -219,9 +236,8 @@ class AutoMixModel(AutoMixPreTrainedModel):
         lam_mb, lam_bb = lam if lam is not None else (sample_lam(cfg.mix_alpha), sample_lam(cfg.mix_alpha))
         perm_mb, perm_bb = perm if perm is not None else (torch.randperm(b).to(x.device), torch.randperm(b).to(x.device))
         size = tuple(x.shape[-2:])
-        with torch.no_grad():
-            feat = self.backbone_k.forward_intermediates(
-                x, indices=[cfg.mixblock_stage], intermediates_only=True, stop_early=True)[0]
+        with torch.no_grad():  # the full clean pass: k's BN running statistics see clean images in every stage
+            _, (feat,) = self.backbone_k.forward_intermediates(x, indices=[cfg.mixblock_stage])
 
         # MixBlock step: gradients reach the mask through the frozen momentum encoder.
         m_mb = self.mixblock(feat, lam=lam_mb, perm=perm_mb, size=size)

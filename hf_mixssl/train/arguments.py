@@ -82,6 +82,8 @@ class PretrainArguments:
     lr_schedule: str = _f("cosine", "cosine | constant | step (x0.1 at each --lr_decay_epochs)",
                           aliases=["--lr_scheduler_type"],
                           choices=["cosine", "constant", "step"])
+    lr_by_epoch: bool = _f(False, "hold the lr for each epoch at its value at the epoch's start (MoCo v1/v2's "
+                                  "adjust_learning_rate, mmcv's by_epoch schedules in OpenMixup)")
     lr_decay_epochs: list[float] | None = _f(None, "epochs at which the step schedule multiplies the lr by 0.1 "
                                                    "(MoCo v1: 120 160)")
     warmup_steps: int | None = _f(None, "linear warmup steps", aliases=["--num_warmup_steps"])

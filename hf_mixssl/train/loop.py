@@ -55,9 +55,15 @@ class NonFiniteLossError(RuntimeError):
 
 # ------------------------------------------------------------------------------- pure helpers
 def learning_rate_at(step: int, *, total: int, warmup: int, peak: float, final: float, schedule: str,
-                     milestones: tuple[int, ...] = ()) -> float:
+                     milestones: tuple[int, ...] = (), epoch_steps: int = 0) -> float:
     """Linear warmup to ``peak`` over ``warmup`` steps, then cosine to ``final``, constant, or ``step``: ``peak``
-    times 0.1 for each milestone step reached (MoCo v1's ``adjust_learning_rate`` without ``--cos``)."""
+    times 0.1 for each milestone step reached (MoCo v1's ``adjust_learning_rate`` without ``--cos``).
+
+    ``epoch_steps > 0`` holds each epoch at the value of its first step (MoCo's ``adjust_learning_rate(optimizer,
+    epoch, args)`` and mmcv's ``by_epoch`` schedules): ``peak * (1 + cos(pi * epoch / epochs)) / 2`` for cosine.
+    """
+    if epoch_steps > 0:
+        step = step // epoch_steps * epoch_steps
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "constant":
@@ -733,10 +739,16 @@ class Pretrainer:
         return self.last_checkpoint is not None and self.last_checkpoint.name == f"step_{self.global_step:08d}"
 
     def _set_lr(self, step: int) -> float:
-        lr = learning_rate_at(step, total=self.total_steps, warmup=self.warmup_steps, peak=self.peak_lr,
-                              final=self.args.min_lr, schedule=self.args.lr_schedule, milestones=self.lr_milestones)
+        def lr_at(final: float) -> float:
+            return learning_rate_at(step, total=self.total_steps, warmup=self.warmup_steps, peak=self.peak_lr,
+                                    final=final, schedule=self.args.lr_schedule, milestones=self.lr_milestones,
+                                    epoch_steps=self.steps_per_epoch if self.args.lr_by_epoch else 0)
+
+        lr = lr_at(self.args.min_lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            # a group may end its cosine elsewhere (AutoMix's ImageNet MixBlock: its own min_lr)
+            group_lr = lr_at(group["min_lr"]) if "min_lr" in group else lr
+            group["lr"] = group_lr * group.get("lr_scale", 1.0)
         return lr
 
     def _save_model(self) -> None:

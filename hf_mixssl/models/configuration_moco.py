@@ -38,6 +38,8 @@ class MoCoConfig(PretrainedConfig):
         bn_splits (`int`, defaults to 1): SplitBatchNorm splits in the backbone; 8 simulates 8 GPUs on one
             device (MoCo CIFAR Colab).
         freeze_patch_embed (`bool`, defaults to `False`): v3 ViT trick: a fixed random patch projection.
+        vit_init (`str`, defaults to `"timm"`): ``"timm"`` keeps timm's ViT (learned position embedding, timm init);
+            ``"moco_v3"`` gives moco-v3 ``vits.py``'s: a frozen 2-D sin-cos position embedding and its own init.
         eval_features (`str`, defaults to `"backbone"`): features used by kNN / probes: pooled backbone
             output or the L2-normalised projection (the MoCo Colab's 128-d kNN monitor).
         unmix (`bool`, defaults to `False`): add Un-Mix's image-mixture terms (Shen et al., AAAI 2022): view 1 is
@@ -71,6 +73,7 @@ class MoCoConfig(PretrainedConfig):
         shuffle_bn: bool = True,
         bn_splits: int = 1,
         freeze_patch_embed: bool = False,
+        vit_init: str = "timm",
         eval_features: str = "backbone",
         unmix: bool = False,
         unmix_global_prob: float = 0.5,
@@ -95,6 +98,8 @@ class MoCoConfig(PretrainedConfig):
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
         if momentum_schedule not in ("constant", "cosine"):
             raise ValueError(f"momentum_schedule must be 'constant' or 'cosine', got {momentum_schedule!r}")
+        if vit_init not in ("timm", "moco_v3"):
+            raise ValueError(f"vit_init must be 'timm' or 'moco_v3', got {vit_init!r}")
         if eval_features not in _EVAL_FEATURES:
             raise ValueError(f"eval_features must be one of {_EVAL_FEATURES}, got {eval_features!r}")
         if not 0.0 <= unmix_global_prob <= 1.0:
@@ -116,6 +121,7 @@ class MoCoConfig(PretrainedConfig):
         self.shuffle_bn = shuffle_bn
         self.bn_splits = bn_splits
         self.freeze_patch_embed = freeze_patch_embed
+        self.vit_init = vit_init
         self.eval_features = eval_features
         self.unmix = unmix
         self.unmix_global_prob = float(unmix_global_prob)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .backbones import create_backbone, pooled_features
+from .backbones import create_backbone, moco_v3_vit_init, pooled_features
 from .configuration_moco import MoCoConfig
 from .distributed import batch_shuffle, batch_unshuffle, concat_all_gather, rank
 from .heads import build_mlp, convert_split_bn, revert_split_bn
@@ -80,6 +80,8 @@ class MoCoModel(MoCoPreTrainedModel):
         super().__init__(config)
         self.backbone = create_backbone(config.backbone, cifar_stem=config.cifar_stem, **config.backbone_kwargs)
         convert_split_bn(self.backbone, config.bn_splits)
+        if config.vit_init == "moco_v3":
+            moco_v3_vit_init(self.backbone)
         if config.freeze_patch_embed:
             patch_embed = getattr(self.backbone, "patch_embed", None)
             if patch_embed is None:

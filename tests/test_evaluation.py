@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from hf_mixssl.evaluation.protocols import load_metric, topk_accuracies, train_linear_probe
+from hf_mixssl.evaluation.probes import PROBES, probe_with, train_cached_probe
+from hf_mixssl.evaluation.protocols import load_metric, topk_accuracies
+
+
+def train_linear_probe(x, y, *, num_classes, epochs=100, seed=0):
+    return train_cached_probe(probe_with(PROBES["quick"], epochs=epochs), x, y, num_classes=num_classes, seed=seed)
 
 
 def blobs(n=3000, d=32, c=10, seed=0):

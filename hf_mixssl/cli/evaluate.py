@@ -1,8 +1,9 @@
 """Evaluate a pretrained hf_mixssl model: `python scripts/evaluate.py --model runs/moco --protocol knn linear`.
 
-Protocols: `knn` (weighted kNN, k 200, T 0.1), `linear` (frozen encoder, BN(affine=False) + Linear probe on
-cached features) and `finetune` (the whole encoder + a new linear head, SGD, cosine). `--random_init` evaluates the same architecture with fresh weights (the baseline every SSL
-result is compared with). Results are printed as JSON and merged into `<model>/eval_results.json` (or
+Protocols: `knn` (weighted kNN, k 200, T 0.1), `linear` (a frozen encoder and a linear probe: `--linear_probe quick`
+on cached features, or the official `moco` / `mae` probes with augmented views, or EMP-SSL's `emp_ssl`; see
+`hf_mixssl.evaluation.probes`) and `finetune` (the whole encoder + a new linear head, SGD, cosine). `--random_init`
+evaluates the same architecture with fresh weights (the baseline every SSL result is compared with). Results are printed as JSON and merged into `<model>/eval_results.json` (or
 `--output_file`); keys carry the feature choice, e.g. `backbone_knn_top1`, `cls_linear_top1`.
 """
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 
 import torch
+
+from hf_mixssl.evaluation.probes import PROBES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn_t", type=float, default=0.1)
     p.add_argument("--knn_train_samples", type=int, default=None)
     p.add_argument("--knn_test_samples", type=int, default=None)
-    p.add_argument("--linear_epochs", type=int, default=100)
-    p.add_argument("--linear_lr", type=float, default=0.1)
-    p.add_argument("--linear_batch_size", type=int, default=256)
-    p.add_argument("--linear_weight_decay", type=float, default=0.0)
+    p.add_argument("--linear_probe", default="quick", choices=sorted(PROBES),
+                   help="quick: BN + Linear on cached features (100 ep, SGD 0.1, B 256); moco: main_lincls.py (crop + "
+                        "flip, SGD 30, x0.1 at 60/80, 100 ep, B 256); mae: main_linprobe.py (BN + Linear, LARS "
+                        "0.1 x B/256, 90 ep, B 16384); emp_ssl: EMP-SSL's func.py linear (cached, SGD 0.03, wd 5e-5, "
+                        "B 100)")
+    p.add_argument("--linear_epochs", type=int, default=None,
+                   help="default: the probe's (a shorter run keeps its milestones' and warmup's share)")
+    p.add_argument("--linear_lr", type=float, default=None, help="default: the probe's (base lr for mae)")
+    p.add_argument("--linear_batch_size", type=int, default=None, help="default: the probe's")
+    p.add_argument("--linear_weight_decay", type=float, default=None, help="default: the probe's")
     p.add_argument("--finetune_epochs", type=int, default=10)
     p.add_argument("--finetune_lr", type=float, default=0.01)
     p.add_argument("--finetune_batch_size", type=int, default=128)
@@ -56,7 +65,8 @@ def main(argv=None) -> int:
     import hf_mixssl  # noqa: F401  (registers the Auto classes)
     from transformers import AutoConfig, AutoModel
 
-    from hf_mixssl.evaluation.protocols import EvalData, finetune_evaluate, knn_evaluate, linear_probe_evaluate
+    from hf_mixssl.evaluation.probes import linear_probe, probe_with
+    from hf_mixssl.evaluation.protocols import EvalData, finetune_evaluate, knn_evaluate
 
     args = build_parser().parse_args(argv)
     try:
@@ -84,11 +94,11 @@ def main(argv=None) -> int:
                                        train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
                                        knn_k=args.knn_k, knn_t=args.knn_t))
         if "linear" in args.protocol:
-            result.update(linear_probe_evaluate(
-                model, data, train_split=args.train_split, eval_split=args.eval_split,
-                train_samples=args.knn_train_samples, test_samples=args.knn_test_samples, epochs=args.linear_epochs,
-                lr=args.linear_lr, batch_size=args.linear_batch_size, weight_decay=args.linear_weight_decay,
-                seed=args.seed))
+            recipe = probe_with(PROBES[args.linear_probe], epochs=args.linear_epochs, lr=args.linear_lr,
+                                batch_size=args.linear_batch_size, weight_decay=args.linear_weight_decay)
+            result.update(linear_probe(model, data, recipe=recipe, train_split=args.train_split,
+                                       eval_split=args.eval_split, train_samples=args.knn_train_samples,
+                                       test_samples=args.knn_test_samples, seed=args.seed))
         if "finetune" in args.protocol:
             result.update(finetune_evaluate(
                 model, data, train_split=args.train_split, eval_split=args.eval_split,
@@ -100,7 +110,8 @@ def main(argv=None) -> int:
         return 2
     features = getattr(config, "eval_features", None) or getattr(config, "feature_pool", None)
     prefix = ("random_init_" if args.random_init else "") + (f"{features}_" if features else "")
-    scores = ("knn_top1", "linear_top1", "linear_top5", "finetune_top1", "finetune_top5")
+    scores = ("knn_top1", "finetune_top1", "finetune_top5") + tuple(
+        f"{key}_top{k}" for key in ["linear"] + [f"linear_{name}" for name in PROBES] for k in (1, 5))
     result = {prefix + k if k in scores else k: v for k, v in result.items()}
     print(json.dumps(result))
     output = args.output_file or (None if args.random_init else str(Path(args.model) / "eval_results.json"))

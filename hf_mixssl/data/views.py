@@ -131,11 +131,14 @@ def view_transform(
 
 
 def eval_transform(
-    *, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    *, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
 ) -> Views:
-    """Deterministic evaluation transform ``PIL -> uint8 [C, H, W]``: resize (+ center crop above 64 px)."""
+    """Deterministic evaluation transform ``PIL -> uint8 [C, H, W]``: resize (+ center crop above 64 px) with
+    ``interpolation`` (``bicubic`` for MAE's probe)."""
+    mode = v2.InterpolationMode(interpolation)
     if size <= 64:
-        resize = [v2.Resize((size, size), antialias=True)]
+        resize = [v2.Resize((size, size), interpolation=mode, antialias=True)]
     else:
-        resize = [v2.Resize(int(round(size * 256 / 224)), antialias=True), v2.CenterCrop(size)]
+        resize = [v2.Resize(int(round(size * 256 / 224)), interpolation=mode, antialias=True), v2.CenterCrop(size)]
     return Views([v2.Compose([*resize, v2.ToImage()])], mean=mean, std=std, stack=False)

@@ -5,9 +5,7 @@ Weighted kNN as in InstDisc (Wu et al., 2018) and the MoCo CIFAR Colab: cosine s
 L2-normalised features, the top ``k`` training neighbours vote for their class with weight
 ``exp(sim / T)``, and the class with the largest summed weight wins.
 
-Linear probe as MAE's ``main_linprobe.py`` head: ``BatchNorm1d(affine=False) -> Linear`` on frozen features
-(the encoder in eval mode), trained with SGD + cosine; features are computed once under the test transform
-(no augmentation, so the probe trains in seconds; the official probes augment and train for 90-100 epochs).
+Linear probes (the quick cached one and the official augmented ones) are in :mod:`.probes`.
 """
 
 from __future__ import annotations
@@ -198,22 +196,25 @@ class EvalData:
     def split_or_default(self, split: str | None) -> str:
         return split or default_eval_split(self.dataset, self.dataset_config)
 
-    def run(self, model, fn: Callable[[torch.Tensor], torch.Tensor], split: str, limit: int | None):
+    def run(self, model, fn: Callable[[torch.Tensor], torch.Tensor], split: str, limit: int | None, *,
+            interpolation: str = "bilinear"):
         """``fn`` over one pass of ``split`` (at most ``limit`` rows) in eval mode -> ``(outputs, labels)``."""
-        key = (fn, split, limit)
+        key = (fn, split, limit, interpolation)
         if self.reuse and key in self._results:
             return self._results[key]
-        result = self._run(model, fn, split, limit)
+        result = self._run(model, fn, split, limit, interpolation)
         if self.reuse:
             self._results[key] = result
         return result
 
-    def _run(self, model, fn: Callable[[torch.Tensor], torch.Tensor], split: str, limit: int | None):
+    def _run(self, model, fn: Callable[[torch.Tensor], torch.Tensor], split: str, limit: int | None,
+             interpolation: str):
         from ..data.stream import ImageStream
         from ..data.views import eval_transform
 
         config = model.config
-        tf = eval_transform(size=config.image_size, mean=config.image_mean, std=config.image_std)
+        tf = eval_transform(size=config.image_size, mean=config.image_mean, std=config.image_std,
+                            interpolation=interpolation)
         per_rank = None if limit is None else -(-limit // self.world_size)
         stream = ImageStream(
             self.dataset, split, tf, self.batch_size, name=self.dataset_config, image_column=self.image_column,
@@ -280,52 +281,6 @@ def accuracy_evaluate(
     return {key: float(top1["accuracy"]), "eval_samples": len(labels)}
 
 
-def train_linear_probe(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    *,
-    num_classes: int,
-    epochs: int = 100,
-    batch_size: int = 256,
-    lr: float = 0.1,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-) -> nn.Sequential:
-    """Fit ``BatchNorm1d(D, affine=False, eps=1e-6) -> Linear(D, C)`` on ``[N, D]`` frozen features.
-
-    SGD (momentum 0.9), learning rate cosine-annealed per step from ``lr`` to 0, cross-entropy, shuffled
-    mini-batches from a seeded generator; the Linear starts at N(0, 0.01) weights and zero bias (MAE).
-    """
-    if epochs <= 0 or batch_size <= 0 or lr <= 0:
-        raise ValueError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {lr}")
-    if (train_labels < 0).any():
-        raise ValueError("the linear probe needs labelled data: the dataset has no label column")
-    g = torch.Generator().manual_seed(seed)
-    dim = train_feats.shape[1]
-    head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
-    with torch.no_grad():
-        head[1].weight.normal_(0.0, 0.01, generator=g)
-        head[1].bias.zero_()
-    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    n = train_feats.shape[0]
-    steps_per_epoch = max(1, n // batch_size)  # drop the last partial batch (BatchNorm needs > 1 sample)
-    total = epochs * steps_per_epoch
-    head.train()
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=g)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            for group in opt.param_groups:
-                group["lr"] = cosine_anneal(step / total, start=lr, end=0.0)
-            loss = F.cross_entropy(head(train_feats[idx].float()), train_labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    return head.eval()
-
-
 @torch.no_grad()
 def topk_accuracies(logits: torch.Tensor, labels: torch.Tensor, *, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """``{"top1": ..., "top5": ...}`` of ``logits [N, C]`` through the shipped ``top_k_accuracy`` module
@@ -336,37 +291,6 @@ def topk_accuracies(logits: torch.Tensor, labels: torch.Tensor, *, ks: tuple[int
     refs = labels.tolist()
     return {f"top{k}": float(metric.compute(predictions=ranked, references=refs, k=k)["top_k_accuracy"])
             for k in ks if k <= logits.shape[1]}
-
-
-def linear_probe_evaluate(
-    model,
-    data: EvalData,
-    *,
-    train_split: str = "train",
-    eval_split: str | None = None,
-    train_samples: int | None = None,
-    test_samples: int | None = None,
-    features_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    epochs: int = 100,
-    batch_size: int = 256,
-    lr: float = 0.1,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Linear-probe top-1/top-5 of frozen ``features_fn`` (default ``model.extract_features``) features."""
-    fn = features_fn or model.extract_features
-    train_f, train_y = data.run(model, fn, train_split, train_samples)
-    test_f, test_y = data.run(model, fn, data.split_or_default(eval_split), test_samples)
-    if (test_y < 0).any():
-        raise ValueError("the linear probe needs labelled data: the dataset has no label column")
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    head = train_linear_probe(train_f, train_y, num_classes=num_classes, epochs=epochs, batch_size=batch_size,
-                              lr=lr, weight_decay=weight_decay, seed=seed)
-    with torch.no_grad():
-        logits = head(test_f)
-    acc = topk_accuracies(logits, test_y)
-    return {**{f"linear_{k}": v for k, v in acc.items()}, "linear_train_samples": len(train_y),
-            "linear_test_samples": len(test_y), "linear_epochs": epochs}
 
 
 def finetune_evaluate(

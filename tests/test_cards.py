@@ -45,7 +45,7 @@ def test_card_follows_later_evaluations_and_repo_id(moco_run):
     finally:
         path.write_text(json.dumps(evals))
     names = {r.metric_name: r.metric_value for r in card.data.eval_results}
-    assert names["linear-probe top-1, backbone features (%)"] == 43.21
+    assert names["quick linear-probe top-1, backbone features (%)"] == 43.21
     assert 'AutoModel.from_pretrained("org/moco-tiny")' in card.content and "hf-hub:org/moco-tiny-encoder" in card.content
     reloaded = ModelCard(str(card))
     assert reloaded.data.model_name == "moco-tiny"

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..evaluation.probes import PROBES
 from ..methods import method_of_config
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -25,8 +26,10 @@ UNMIX_BIBTEX = (
 # (backbone_knn_top1, cls_linear_top1); a classifier's own scores are exact keys.
 _PROTOCOL_METRICS = {
     "knn_top1": "kNN top-1 (k={knn_k}, T={knn_t})",
-    "linear_top1": "linear-probe top-1",
-    "linear_top5": "linear-probe top-5",
+    "linear_top1": "quick linear-probe top-1",
+    "linear_top5": "quick linear-probe top-5",
+    **{f"linear_{name}_top{k}": f"linear-probe top-{k} ({recipe.source})"
+       for name, recipe in PROBES.items() if name != "quick" for k in (1, 5)},
     "finetune_top1": "fine-tuned top-1",
     "finetune_top5": "fine-tuned top-5",
 }

@@ -152,16 +152,16 @@ class Published:
 
 
 PUBLISHED: dict[str, Published] = {
-    "moco_v1_imagenet": Published("He et al. 2020, Table; facebookresearch/moco main_moco.py", "linear_top1",
+    "moco_v1_imagenet": Published("He et al. 2020, Table; facebookresearch/moco main_moco.py", "linear_moco_top1",
                                   "ImageNet-1k", {200: 60.8}),
     "moco_v2_imagenet": Published("Chen et al. 2020, Table 1; facebookresearch/moco main_moco.py --aug-plus --mlp "
-                                  "--cos", "linear_top1", "ImageNet-1k", {200: 67.5, 800: 71.1}),
+                                  "--cos", "linear_moco_top1", "ImageNet-1k", {200: 67.5, 800: 71.1}),
     "moco_v2_cifar": Published("facebookresearch/moco colab/moco_cifar10_demo.ipynb (asymmetric, 200-epoch schedule)",
                                "knn_top1", "CIFAR-10", {1: 32.0, 2: 33.5, 5: 38.0, 10: 48.0, 20: 61.4, 50: 73.3,
                                                         100: 78.1, 200: 82.6}),
     "unmix_moco_cifar": Published("szq0214/Un-Mix unmix_c10.py; Shen et al. 2022, Table 1 (symmetric)", "knn_top1",
                                   "CIFAR-10", {1000: 92.25}),
-    "unmix_moco_v2_imagenet": Published("Shen et al. 2022, Table 3", "linear_top1", "ImageNet-1k", {200: 68.6}),
+    "unmix_moco_v2_imagenet": Published("Shen et al. 2022, Table 3", "linear_moco_top1", "ImageNet-1k", {200: 68.6}),
     "moco_v3_resnet50": Published("Chen, Xie, He 2021, Table; facebookresearch/moco-v3 CONFIG.md", "linear_top1",
                                   "ImageNet-1k", {100: 68.9, 300: 72.8, 1000: 74.6}),
     "moco_v3_vit": Published("Chen, Xie, He 2021, Table; facebookresearch/moco-v3 CONFIG.md", "linear_top1",
@@ -177,11 +177,9 @@ PUBLISHED: dict[str, Published] = {
                                "CIFAR-10)"),
     "automix_imagenet": Published("Liu et al. 2022, Table (R-50)", "top1", "ImageNet-1k", {100: 77.91, 300: 79.25},
                                   differs=""),
-    "emp_ssl_cifar": Published("Tong et al. 2023, Table 1 (20 patches); tsb0601/EMP-SSL", "linear_top1", "CIFAR-10",
-                               {1: 80.6, 10: 90.7, 30: 93.1},
-                               differs="the quick probe is BN + Linear on cached features, not evaluate.py's plain "
-                               "Linear (lr 0.03, wd 5e-5, batch 100)"),
-    "emp_ssl_cifar_200": Published("Tong et al. 2023, Table 1 (200 patches)", "linear_top1", "CIFAR-10",
+    "emp_ssl_cifar": Published("Tong et al. 2023, Table 1 (20 patches); tsb0601/EMP-SSL", "linear_emp_ssl_top1",
+                               "CIFAR-10", {1: 80.6, 10: 90.7, 30: 93.1}),
+    "emp_ssl_cifar_200": Published("Tong et al. 2023, Table 1 (200 patches)", "linear_emp_ssl_top1", "CIFAR-10",
                                    {1: 82.6, 10: 91.5, 30: 93.4}),
 }
 

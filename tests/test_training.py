@@ -443,6 +443,31 @@ class TestNothingLost:
         assert log.count("evaluation will be skipped") == 1 and "no test/validation split" in log
         timm.create_model(f"local-dir:{out / 'encoder'}", pretrained=True)
 
+    def test_labelled_train_only_data_evaluates_on_a_held_out_slice(self, tmp_path, cifar10):
+        from datasets import Dataset, load_dataset
+
+        from hf_mixssl.data.stream import count_rows, parse_split
+        from hf_mixssl.train.loop import held_out_splits
+
+        rows = list(load_dataset(cifar10, split="test", streaming=True).take(80))
+        data = tmp_path / "labelled" / "data"
+        data.mkdir(parents=True)
+        features = load_dataset(cifar10, split="test", streaming=True).features
+        Dataset.from_list(rows, features=features).to_parquet(str(data / "train-0.parquet"))
+        assert held_out_splits("train", 80, 0.25) == ("train[20:]", "train[:20]")
+        assert parse_split("train[20:]") == ("train", 20, None) and count_rows(str(data.parent), "train[:20]") == 20
+        with pytest.raises(ValueError, match="row counts"):
+            parse_split("train[:10%]")
+        out = tmp_path / "run"
+        result = run_pretrain(tiny_run(out, str(data.parent), max_steps=2, knn_every=1, train_val_split=0.25,
+                                       knn_train_samples=None, knn_test_samples=None))
+        assert result["knn_test_samples"] == 20 and result["knn_train_samples"] == 60  # disjoint: 60 + 20 rows
+        saved = json.loads((out / "training_args.json").read_text())
+        assert saved["train_split"] == "train[20:]" and saved["eval_split"] == "train[:20]"
+        with pytest.raises(ValueError, match="either --eval_split or --train_val_split"):
+            run_pretrain(tiny_run(tmp_path / "b", str(data.parent), max_steps=1, train_val_split=0.25,
+                                  eval_split="train"))
+
     def test_resume_checks_what_it_resumes_and_keeps_the_log_clean(self, tmp_path, cifar10, caplog):
         import logging
 

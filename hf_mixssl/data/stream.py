@@ -292,11 +292,10 @@ class ImageStream:
     # -- construction
     def _load(self):
         from datasets import Image as ImageFeature
-        from datasets import load_dataset
 
         source = f"dataset {self.dataset!r} (split {self.split!r})"
         try:
-            ds = load_dataset(self.dataset, self.name, split=self.split, streaming=True)
+            ds = load_split(self.dataset, self.split, name=self.name)
         except (ValueError, FileNotFoundError) as e:  # unknown split or path: say which
             raise ValueError(f"cannot load {source}: {e}") from e
         columns = list(ds.column_names or (ds.features or {}).keys())
@@ -441,15 +440,44 @@ class ImageStream:
         return batch
 
 
-def count_rows(dataset: str, split: str, *, name: str | None = None) -> int:
-    """Number of rows in a split: from the dataset's metadata when present, else by one cheap pass."""
+def parse_split(split: str) -> tuple[str, int | None, int | None]:
+    """``"train[:5000]"`` -> ``("train", None, 5000)``; ``"train[5000:]"`` -> ``("train", 5000, None)``; a plain name
+    -> ``(name, None, None)``. The row slice of ``datasets``' split syntax, in absolute row counts (streams are read
+    in order, so a slice is the same rows every time)."""
+    import re
+
+    match = re.fullmatch(r"\s*([^\[\]]+?)\s*(?:\[\s*(\d*)\s*:\s*(\d*)\s*\])?\s*", split or "")
+    if match is None:
+        raise ValueError(f"split {split!r} is not a split name or name[start:stop] with row counts "
+                         f"(e.g. 'train[:5000]', 'train[5000:]')")
+    name, start, stop = match.groups()
+    return name, int(start) if start else None, int(stop) if stop else None
+
+
+def load_split(dataset: str, split: str, *, name: str | None = None):
+    """``load_dataset(dataset, name, split, streaming=True)`` with the row slice of :func:`parse_split` applied
+    (``skip`` / ``take``, before any shuffle)."""
     from datasets import load_dataset
 
-    ds = load_dataset(dataset, name, split=split, streaming=True)
+    base, start, stop = parse_split(split)
+    ds = load_dataset(dataset, name, split=base, streaming=True)
+    if start:
+        ds = ds.skip(start)
+    if stop is not None:
+        ds = ds.take(stop - (start or 0)) if stop > (start or 0) else ds.take(0)
+    return ds
+
+
+def count_rows(dataset: str, split: str, *, name: str | None = None) -> int:
+    """Number of rows in a split: from the dataset's metadata when present, else by one cheap pass."""
+    base, start, stop = parse_split(split)
+    ds = load_split(dataset, base, name=name)
     info = getattr(ds, "info", None)
     splits = getattr(info, "splits", None) or {}
-    if split in splits and splits[split].num_examples:
-        return int(splits[split].num_examples)
+    if base in splits and splits[base].num_examples:
+        total = int(splits[base].num_examples)
+        return max(0, min(total, stop if stop is not None else total) - (start or 0))
+    ds = load_split(dataset, split, name=name)
     cols = list(ds.column_names or [])
     small = [c for c in cols if c in LABEL_COLUMN_CANDIDATES] or cols[:1]
     return sum(1 for _ in ds.select_columns(small))
@@ -457,9 +485,9 @@ def count_rows(dataset: str, split: str, *, name: str | None = None) -> int:
 
 def class_names(dataset: str, split: str, *, name: str | None = None, label_column: str | None = None) -> list[str] | None:
     """The names of a ``ClassLabel`` label column, or ``None`` (plain integer labels, or no labels)."""
-    from datasets import ClassLabel, load_dataset
+    from datasets import ClassLabel
 
-    ds = load_dataset(dataset, name, split=split, streaming=True)
+    ds = load_split(dataset, split, name=name)
     feats = dict(ds.features or {})
     column = label_column or detect_label_column(feats, list(ds.column_names or feats))
     feature = feats.get(column) if column else None
@@ -468,9 +496,9 @@ def class_names(dataset: str, split: str, *, name: str | None = None, label_colu
 
 def count_classes(dataset: str, split: str, *, name: str | None = None, label_column: str | None = None) -> int:
     """Number of classes: from a ``ClassLabel`` feature, else ``max(label) + 1`` over one cheap pass."""
-    from datasets import ClassLabel, load_dataset
+    from datasets import ClassLabel
 
-    ds = load_dataset(dataset, name, split=split, streaming=True)
+    ds = load_split(dataset, split, name=name)
     columns = list(ds.column_names or [])
     feats = dict(ds.features or {})
     label_column = label_column or detect_label_column(feats, columns)

@@ -121,7 +121,8 @@ def default_eval_split(dataset: str, name: str | None = None) -> str:
     for candidate in ("test", "validation", "valid", "val"):
         if candidate in names:
             return candidate
-    raise ValueError(f"dataset {dataset!r} has no test/validation split ({names}); pass --eval_split")
+    raise ValueError(f"dataset {dataset!r} has no test/validation split ({names}); pass --eval_split, or "
+                     f"--train_val_split to hold out part of the training split")
 
 
 def gather_rows(t: torch.Tensor | None, device: torch.device | str = "cpu") -> torch.Tensor | None:
@@ -150,16 +151,14 @@ def gather_rows(t: torch.Tensor | None, device: torch.device | str = "cpu") -> t
 def evaluation_problem(dataset: str, name: str | None, *, train_split: str, eval_split: str | None,
                        label_column: str | None) -> str | None:
     """Why this dataset cannot be evaluated (no test/validation split, no labels), or ``None`` when it can."""
-    from datasets import load_dataset
-
-    from ..data.stream import detect_label_column
+    from ..data.stream import detect_label_column, load_split
 
     try:
         split = eval_split or default_eval_split(dataset, name)
     except ValueError as e:
         return str(e)
     for s in (train_split, split):
-        ds = load_dataset(dataset, name, split=s, streaming=True)
+        ds = load_split(dataset, s, name=name)
         columns = list(ds.column_names or (ds.features or {}).keys())
         if label_column is not None and label_column not in columns:
             return f"label_column {label_column!r} is not a column of split {s!r} ({columns})"

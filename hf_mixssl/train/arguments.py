@@ -40,7 +40,11 @@ class PretrainArguments:
                       aliases=["--dataset_name", "--train_dir"])
     dataset_config: str | None = _f(None, "dataset config name")
     train_split: str = _f("train", "training split")
-    eval_split: str | None = _f(None, "kNN split (default: test or validation when present)")
+    eval_split: str | None = _f(None, "kNN split (default: test or validation when present); a row slice such as "
+                                      "'train[:5000]' works for any split")
+    train_val_split: float | None = _f(None, "hold out this fraction of the training split (its first rows, "
+                                             "train[:n]) for evaluation and train on the rest (train[n:]), for "
+                                             "labelled data without a test split")
     image_column: str | None = _f(None, "image column (auto-detected)")
     label_column: str | None = _f(None, "label column for kNN (auto-detected)")
     views: str | None = _f(None, "view recipe: moco_v1 | moco_v2 | moco_cifar | moco_v3 | classify | mae | "
@@ -141,6 +145,11 @@ class PretrainArguments:
                      "learning_rate", "logging_steps", "knn_k", "knn_t", "save_total_limit"):
             positive(name)
         positive("cpu_threads")
+        if self.train_val_split is not None:
+            if not 0.0 < self.train_val_split < 1.0:
+                raise ValueError(f"train_val_split must be a fraction in (0, 1), got {self.train_val_split!r}")
+            if self.eval_split is not None:
+                raise ValueError("give either --eval_split or --train_val_split, not both")
         for name in ("weight_decay", "min_lr", "checkpointing_steps", "num_workers", "warmup_steps", "warmup_epochs"):
             value = getattr(self, name)
             if value is not None and value < 0:

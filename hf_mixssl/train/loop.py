@@ -73,6 +73,16 @@ def learning_rate_at(step: int, *, total: int, warmup: int, peak: float, final: 
     return cosine_anneal((step - warmup) / max(1, total - warmup), start=peak, end=final)
 
 
+def held_out_splits(train_split: str, rows: int, fraction: float) -> tuple[str, str]:
+    """``(train, held_out)`` row slices of ``train_split``: the first ``ceil(fraction * rows)`` rows are held out,
+    e.g. ``("train[5000:]", "train[:5000]")`` for 50000 rows and 0.1."""
+    n = math.ceil(fraction * rows)
+    if not 0 < n < rows:
+        raise ValueError(f"train_val_split {fraction} of the {rows} rows of split {train_split!r} leaves no rows to "
+                         f"train or to evaluate on")
+    return f"{train_split}[{n}:]", f"{train_split}[:{n}]"
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
     """The batch a run trains with: ``global_batch = per_device x processes x accumulation``, and the BatchNorm
@@ -289,6 +299,11 @@ class Pretrainer:
         self._check_output_dir()
         self._setup_logging()
         self._set_cpu_threads()
+        if args.train_val_split is not None:
+            train, held = held_out_splits(args.train_split, count_rows(args.dataset, args.train_split,
+                                                                       name=args.dataset_config), args.train_val_split)
+            logger.info("holding out %s for evaluation; training on %s", held, train)
+            self.args = args = dataclasses.replace(args, train_split=train, eval_split=held, train_val_split=None)
         self.plan = BatchPlan.resolve(global_batch=args.global_batch_size, per_device=args.per_device_batch_size,
                                       processes=acc.num_processes, accumulation=args.gradient_accumulation_steps,
                                       bn_group=args.bn_group_size)

@@ -479,6 +479,11 @@ class TestNothingLost:
                                   resume_from_checkpoint="latest"))
         with pytest.raises(ValueError, match="is a 'moco_v2' run; this run is 'moco_v1'"):
             run_pretrain(tiny_run(out, cifar10, method="moco_v1", max_steps=4, resume_from_checkpoint="latest"))
+        # a checkpoint written before a config setting existed (here: vit_init) resumes: it held the default then
+        state_file = out / "checkpoints" / "step_00000002" / "trainer_state.json"
+        state = json.loads(state_file.read_text())
+        del state["exact"]["model_config"]["vit_init"]
+        state_file.write_text(json.dumps(state))
         with caplog.at_level(logging.WARNING, logger="hf_mixssl"):
             run_pretrain(tiny_run(out, cifar10, max_steps=4, learning_rate=0.01, checkpointing_steps=2,
                                   resume_from_checkpoint="latest"))

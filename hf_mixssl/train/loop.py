@@ -117,8 +117,9 @@ class BatchPlan:
 EXACT_SETTINGS = ("model_config", "dataset", "dataset_config", "train_split", "seed", "views",
                   "min_crop_scale", "augment_on", "shuffle_buffer_size", "min_image_size", "global_batch",
                   "per_device_batch", "gradient_accumulation_steps", "optimizer")
-OTHER_SETTINGS = ("learning_rate", "scale_lr", "min_lr", "lr_schedule", "lr_decay_epochs", "warmup_steps",
-                  "warmup_epochs", "weight_decay", "sgd_momentum", "max_steps", "num_epochs", "max_grad_norm")
+OTHER_SETTINGS = ("learning_rate", "scale_lr", "min_lr", "lr_schedule", "lr_by_epoch", "lr_decay_epochs",
+                  "warmup_steps", "warmup_epochs", "weight_decay", "sgd_momentum", "max_steps", "num_epochs",
+                  "max_grad_norm")
 
 
 def _comparable_config(config) -> dict[str, Any]:
@@ -496,7 +497,11 @@ class Pretrainer:
             )
         if state.get("method", self.args.method) != self.args.method:
             raise ValueError(f"checkpoint {path} is a {state['method']!r} run; this run is {self.args.method!r}")
-        exact = _differences(state.get("exact", {}), self._resume_settings(EXACT_SETTINGS))
+        saved_exact = dict(state.get("exact", {}))
+        if "model_config" in saved_exact:  # settings added to the config class since: their defaults held then
+            defaults = _comparable_config(type(self.config)())
+            saved_exact["model_config"] = {**defaults, **saved_exact["model_config"]}
+        exact = _differences(saved_exact, self._resume_settings(EXACT_SETTINGS))
         if exact:
             raise ValueError(f"checkpoint {path} was written with other settings that an exact resume needs: "
                              f"{'; '.join(exact)}. Resume with the checkpoint's settings, or start a new run")

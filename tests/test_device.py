@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from PIL import Image, ImageFilter
 
@@ -87,3 +88,19 @@ def test_gpu_check_smoke_runs_on_the_cpu(tmp_path, cifar10):
     assert all(r["images_per_sec"] > 0 and r["peak_mib"] > 0 for r in report["rows"])
     assert 0.0 <= report["knn_run"]["knn_top1"] <= 1.0
     assert "| MoCo v2 ResNet-50 224 px | synthetic tensors on the device (limit) |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_as_eager(tmp_path, cifar10):
+    """``--torch_compile`` (inductor on this CPU; minutes of compilation, hence slow): the same two steps as eager,
+    the loss equal to float tolerance, and the saved model loads without the compiled wrapper's names."""
+    from transformers import AutoModel
+
+    def losses(out):
+        return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()
+                if '"loss"' in line]
+
+    run_pretrain(tiny_run(tmp_path / "eager", cifar10, max_steps=2))
+    run_pretrain(tiny_run(tmp_path / "compiled", cifar10, max_steps=2, torch_compile=True))
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-3)
+    AutoModel.from_pretrained(tmp_path / "compiled")  # strict load: no _orig_mod. prefixes

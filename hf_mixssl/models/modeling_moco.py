@@ -197,8 +197,7 @@ class MoCoModel(MoCoPreTrainedModel):
 
     def _forward_v12(self, x1: torch.Tensor, x2: torch.Tensor, mix: MixResult | None) -> MoCoOutput:
         tau, shuffle = self.config.tau, self.config.shuffle_bn and self.training
-        # Clone: the queue is updated in place below, before backward reads it.
-        queue = self.queue.queue.clone().detach()
+        queue = self.queue.snapshot()  # a copy: the queue is updated in place below, before backward reads it
 
         def query(x: torch.Tensor) -> torch.Tensor:  # normalised in fp32: bf16 would quantise the similarities
             return F.normalize(self._query(x).float(), dim=1)

@@ -325,6 +325,11 @@ class Pretrainer:
             self.model.to(memory_format=torch.channels_last)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         if args.torch_compile:
+            # Random ops inside the compiled forward (shuffle-BN's permutation, masks, lam) draw from torch's
+            # generator as in eager mode, not from inductor's own: the same draws, and an exact resume.
+            import torch._inductor.config as inductor_config
+
+            inductor_config.fallback_random = True
             self.model.compile()  # in place: parameter names, checkpoints and hooks stay as they are
         warning = bf16_cpu_warning(device_type=acc.device.type, mixed_precision=str(acc.mixed_precision))
         if warning:

@@ -126,7 +126,6 @@ def test_two_ranks_draw_their_own_randomness_and_share_the_batch_plan(tmp_path, 
     """A real 2-rank gloo run of Un-Mix: each rank logs its own lam; the resolved global batch is the preset's."""
     import json
     import subprocess
-    import sys
     import textwrap
 
     from conftest import REPO, two_process_launch

@@ -9,7 +9,6 @@ errors are retried; on failure the reason is printed (exit code 4) and the run d
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 

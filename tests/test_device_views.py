@@ -85,9 +85,11 @@ def test_every_recipe_has_a_device_split(recipe):
     views = device_view_transform(recipe, size=32)
     torch.manual_seed(0)
     crops, params = views(Image.effect_noise((40, 36), 50).convert("RGB"))
-    assert crops.dtype == torch.uint8 and crops.shape[1:] == (3, 32, 32) and params.shape == (crops.shape[0], len(PARAMS))
+    # workers ship H x W x C uint8 (no transpose); the device returns [B, V, C, H, W] floats
+    assert crops.dtype == torch.uint8 and crops.shape[1:] == (32, 32, 3) and params.shape == (crops.shape[0], len(PARAMS))
     out = views.finish(crops[None], params[None])
-    assert out.dtype == torch.float32 and out.shape == (1, *crops.shape) and torch.isfinite(out).all()
+    assert out.dtype == torch.float32 and out.shape == (1, crops.shape[0], 3, 32, 32) and torch.isfinite(out).all()
+    assert out.is_contiguous()
 
 
 def test_device_views_do_not_depend_on_workers(cifar10):

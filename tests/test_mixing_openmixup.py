@@ -209,3 +209,11 @@ def test_resizemix_tau_draws():
     for _ in range(50):
         out = resizemix(x, perm=perm, use_alpha=True, alpha=0.2, generator=g)
         assert out.lam >= 1 - (int(32 * 0.8) // 2 * 2) ** 2 / 1024 - 1e-9
+
+
+def test_saliencymix_without_opencv_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2.saliency", None)  # as if opencv-contrib were not installed
+    with pytest.raises(ImportError, match=r'pip install "hf_mixssl\[saliency\]"'):
+        saliency_box(torch.zeros(3, 8, 8), 0.5)

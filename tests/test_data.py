@@ -172,3 +172,27 @@ def _worker_processes():
     import multiprocessing
 
     return multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_row_slices_stay_disjoint_and_complete_on_every_world_size(tmp_path, world):
+    """``train[:n]`` / ``train[n:]`` (``--train_val_split``) on each rank of ``world``: never an overlap, nothing
+    lost. (When the processes divide the shards, ``datasets`` slices per shard: which rows are held out then
+    depends on the number of processes.)"""
+    from datasets import Dataset
+    from datasets.distributed import split_dataset_by_node
+
+    from hf_mixssl.data.stream import load_split
+
+    root = tmp_path / "shards" / "data"
+    root.mkdir(parents=True)
+    for s in range(4):
+        Dataset.from_dict({"idx": list(range(s * 25, s * 25 + 25))}).to_parquet(str(root / f"train-{s}.parquet"))
+    held, train = [], []
+    for rank in range(world):
+        for split, rows in (("train[:20]", held), ("train[20:]", train)):
+            ds = load_split(str(root.parent), split)
+            if world > 1:
+                ds = split_dataset_by_node(ds, rank=rank, world_size=world)
+            rows += [r["idx"] for r in ds]
+    assert len(held) == 20 and not set(held) & set(train) and sorted(held + train) == list(range(100))

@@ -443,6 +443,17 @@ class TestNothingLost:
         assert log.count("evaluation will be skipped") == 1 and "no test/validation split" in log
         timm.create_model(f"local-dir:{out / 'encoder'}", pretrained=True)
 
+    def test_monitor_probe_logs_its_accuracy_at_every_evaluation(self, tmp_path, cifar10):
+        out = tmp_path / "run"
+        result = run_pretrain(tiny_run(out, cifar10, max_steps=2, knn_every=1, monitor_probe="emp_ssl",
+                                       knn_train_samples=200, knn_test_samples=64))
+        logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        evals = [r for r in logged if "knn_top1" in r]
+        assert len(evals) == 2 and all(0.0 <= r["linear_emp_ssl_top1"] <= r["linear_emp_ssl_top5"] <= 1.0
+                                       for r in evals)
+        assert "linear_emp_ssl_top1" in result and "linear_emp_ssl_source" not in result
+        assert (out / "train.log").read_text().count("linear_emp_ssl_top1") == 2  # logged at each evaluation
+
     def test_labelled_train_only_data_evaluates_on_a_held_out_slice(self, tmp_path, cifar10):
         from datasets import Dataset, load_dataset
 

@@ -126,6 +126,9 @@ class PretrainArguments:
     image_count: int = _f(8, "images per picture row")
     knn_random_baseline: bool = _f(False, "after the final kNN, also evaluate the same network at random "
                                           "initialisation (random_init_knn_top1) for comparison")
+    monitor_probe: str | None = _f(None, "also fit this cached linear probe at every SSL evaluation and log its "
+                                         "top-1 (emp_ssl: EMP-SSL's func.py probe, whose accuracy by epoch its "
+                                         "preset publishes; quick: ours)", choices=["quick", "emp_ssl"])
     knn_k: int = _f(200, "kNN neighbours")
     knn_t: float = _f(0.1, "kNN temperature")
     knn_train_samples: int | None = _f(None, "cap the kNN memory bank")

@@ -29,6 +29,7 @@ from torch import nn
 from ..data.stream import ImageStream, class_names, count_classes, count_rows
 from ..data.device_views import device_view_transform
 from ..data.views import view_transform
+from ..evaluation.probes import PROBES, linear_probe
 from ..evaluation.protocols import EvalData, accuracy_evaluate, evaluation_problem, knn_evaluate
 from ..methods import get_method
 from ..models.momentum import cosine_anneal
@@ -553,11 +554,11 @@ class Pretrainer:
                         autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
                         rank=acc.process_index, world_size=acc.num_processes)
 
-    def _knn(self, model: nn.Module) -> dict[str, float]:
+    def _knn(self, model: nn.Module, data: EvalData | None = None) -> dict[str, float]:
         args = self.args
-        return knn_evaluate(model, self._eval_data(), train_split=args.train_split, eval_split=args.eval_split,
-                            train_samples=args.knn_train_samples, test_samples=args.knn_test_samples,
-                            knn_k=args.knn_k, knn_t=args.knn_t)
+        return knn_evaluate(model, data or self._eval_data(), train_split=args.train_split,
+                            eval_split=args.eval_split, train_samples=args.knn_train_samples,
+                            test_samples=args.knn_test_samples, knn_k=args.knn_k, knn_t=args.knn_t)
 
     def evaluate(self) -> dict[str, float]:
         """The run's evaluation: top-1 of a classifier's logits, else weighted kNN. Every rank extracts its share
@@ -565,9 +566,18 @@ class Pretrainer:
         acc, args = self.accelerator, self.args
         model = acc.unwrap_model(self.model)
         if not self.method.supervised:
-            result = self._knn(model)
+            data = self._eval_data()
+            data.reuse = True  # the probe reads the features kNN extracted (the model does not change in between)
+            result = self._knn(model, data)
             logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, result["knn_top1"],
                         result["knn_train_samples"], result["knn_test_samples"])
+            if args.monitor_probe:
+                probe = linear_probe(model, data, recipe=PROBES[args.monitor_probe], train_split=args.train_split,
+                                     eval_split=args.eval_split, train_samples=args.knn_train_samples,
+                                     test_samples=args.knn_test_samples, seed=args.seed)
+                scores = {k: v for k, v in probe.items() if k.rsplit("_", 1)[-1] in ("top1", "top5")}
+                logger.info("step %d: %s", self.global_step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                result.update(scores)
             return result
         data = self._eval_data()
         result = accuracy_evaluate(model, data, eval_split=args.eval_split, test_samples=args.knn_test_samples)

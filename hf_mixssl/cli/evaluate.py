@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hf_mixssl.evaluation.probes import PROBES
+from hf_mixssl.evaluation.probes import PROBES, probe_key
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     features = getattr(config, "eval_features", None) or getattr(config, "feature_pool", None)
     prefix = ("random_init_" if args.random_init else "") + (f"{features}_" if features else "")
     scores = ("knn_top1", "finetune_top1", "finetune_top5") + tuple(
-        f"{key}_top{k}" for key in ["linear"] + [f"linear_{name}" for name in PROBES] for k in (1, 5))
+        f"{probe_key(name)}_top{k}" for name in PROBES for k in (1, 5))
     result = {prefix + k if k in scores else k: v for k, v in result.items()}
     print(json.dumps(result))
     output = args.output_file or (None if args.random_init else str(Path(args.model) / "eval_results.json"))

@@ -58,6 +58,11 @@ PROBES: dict[str, ProbeRecipe] = {
 }
 
 
+def probe_key(name: str) -> str:
+    """The prefix of a probe's result keys: ``linear`` for ``quick`` (``linear_top1``), ``linear_<name>`` otherwise."""
+    return "linear" if name == "quick" else f"linear_{name}"
+
+
 def get_probe(name: str) -> ProbeRecipe:
     if name not in PROBES:
         raise ValueError(f"unknown linear probe {name!r}; choose one of {sorted(PROBES)}")
@@ -248,7 +253,7 @@ def linear_probe(model, data, *, recipe: ProbeRecipe, train_split: str = "train"
         raise ValueError("the linear probe needs labelled data: the dataset has no label column")
     with torch.no_grad():
         out = head.to(test_f.device).eval()(test_f.float())
-    key = "linear" if recipe.name == "quick" else f"linear_{recipe.name}"
+    key = probe_key(recipe.name)
     acc = topk_accuracies(out, test_y)
     return {**{f"{key}_{k}": v for k, v in acc.items()}, f"{key}_train_samples": train_rows,
             f"{key}_test_samples": len(test_y), f"{key}_epochs": recipe.epochs, f"{key}_batch_size": recipe.batch_size,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..evaluation.probes import PROBES
+from ..evaluation.probes import PROBES, probe_key
 from ..methods import method_of_config
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -26,18 +26,16 @@ UNMIX_BIBTEX = (
 # (backbone_knn_top1, cls_linear_top1); a classifier's own scores are exact keys.
 _PROTOCOL_METRICS = {
     "knn_top1": "kNN top-1 (k={knn_k}, T={knn_t})",
-    "linear_top1": "quick linear-probe top-1",
-    "linear_top5": "quick linear-probe top-5",
-    **{f"linear_{name}_top{k}": f"linear-probe top-{k} ({recipe.source})"
-       for name, recipe in PROBES.items() if name != "quick" for k in (1, 5)},
+    **{f"{probe_key(name)}_top{k}": f"quick linear-probe top-{k}" if name == "quick" else
+       f"linear-probe top-{k} ({recipe.source})" for name, recipe in PROBES.items() for k in (1, 5)},
     "finetune_top1": "fine-tuned top-1",
     "finetune_top5": "fine-tuned top-5",
 }
 _CLASSIFIER_METRICS = {"top1": "top-1", "top1_online": "top-1 of the online encoder"}
-_RECIPE_KEYS = ("method", "preset", "dataset", "global_batch_size", "per_device_batch_size", "gradient_accumulation_steps",
-                "bn_group_size", "num_epochs", "max_steps", "optimizer", "learning_rate", "scale_lr", "weight_decay",
-                "lr_schedule", "lr_decay_epochs", "min_lr", "warmup_epochs", "warmup_steps", "views", "min_crop_scale",
-                "augment_on", "seed")
+_RECIPE_KEYS = ("method", "preset", "dataset", "global_batch_size", "per_device_batch_size",
+                "gradient_accumulation_steps", "bn_group_size", "num_epochs", "max_steps", "optimizer", "learning_rate",
+                "scale_lr", "weight_decay", "lr_schedule", "lr_by_epoch", "lr_decay_epochs", "min_lr", "warmup_epochs",
+                "warmup_steps", "views", "min_crop_scale", "augment_on", "seed")
 
 
 def _dataset_name(dataset: str) -> str:

@@ -29,7 +29,7 @@ from torch import nn
 from ..data.stream import ImageStream, class_names, count_classes, count_rows
 from ..data.device_views import device_view_transform
 from ..data.views import view_transform
-from ..evaluation.probes import PROBES, linear_probe
+from ..evaluation.probes import PROBES, linear_probe, probe_key
 from ..evaluation.protocols import EvalData, accuracy_evaluate, evaluation_problem, knn_evaluate
 from ..methods import get_method
 from ..models.momentum import cosine_anneal
@@ -547,11 +547,11 @@ class Pretrainer:
         save_pictures(pictures, self.output_dir / "images", self.global_step, acc.trackers)
 
     # -- evaluation
-    def _eval_data(self) -> EvalData:
+    def _eval_data(self, *, reuse: bool = False) -> EvalData:
         acc, args = self.accelerator, self.args
         return EvalData(args.dataset, args.dataset_config, args.image_column, args.label_column,
                         num_workers=args.num_workers, device=acc.device,
-                        autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None,
+                        autocast_dtype=torch.bfloat16 if acc.mixed_precision == "bf16" else None, reuse=reuse,
                         rank=acc.process_index, world_size=acc.num_processes)
 
     def _knn(self, model: nn.Module, data: EvalData | None = None) -> dict[str, float]:
@@ -566,8 +566,7 @@ class Pretrainer:
         acc, args = self.accelerator, self.args
         model = acc.unwrap_model(self.model)
         if not self.method.supervised:
-            data = self._eval_data()
-            data.reuse = True  # the probe reads the features kNN extracted (the model does not change in between)
+            data = self._eval_data(reuse=True)  # the probe reads kNN's features (the model does not change between)
             result = self._knn(model, data)
             logger.info("step %d: kNN top-1 %.4f (%d train / %d test)", self.global_step, result["knn_top1"],
                         result["knn_train_samples"], result["knn_test_samples"])
@@ -575,7 +574,8 @@ class Pretrainer:
                 probe = linear_probe(model, data, recipe=PROBES[args.monitor_probe], train_split=args.train_split,
                                      eval_split=args.eval_split, train_samples=args.knn_train_samples,
                                      test_samples=args.knn_test_samples, seed=args.seed)
-                scores = {k: v for k, v in probe.items() if k.rsplit("_", 1)[-1] in ("top1", "top5")}
+                key = probe_key(args.monitor_probe)
+                scores = {k: probe[k] for k in (f"{key}_top1", f"{key}_top5") if k in probe}
                 logger.info("step %d: %s", self.global_step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
                 result.update(scores)
             return result

@@ -471,13 +471,11 @@ def load_split(dataset: str, split: str, *, name: str | None = None):
 def count_rows(dataset: str, split: str, *, name: str | None = None) -> int:
     """Number of rows in a split: from the dataset's metadata when present, else by one cheap pass."""
     base, start, stop = parse_split(split)
-    ds = load_split(dataset, base, name=name)
-    info = getattr(ds, "info", None)
-    splits = getattr(info, "splits", None) or {}
-    if base in splits and splits[base].num_examples:
+    ds = load_split(dataset, split, name=name)
+    splits = getattr(getattr(ds, "info", None), "splits", None) or {}
+    if base in splits and splits[base].num_examples:  # the whole split's count, then the slice's share of it
         total = int(splits[base].num_examples)
         return max(0, min(total, stop if stop is not None else total) - (start or 0))
-    ds = load_split(dataset, split, name=name)
     cols = list(ds.column_names or [])
     small = [c for c in cols if c in LABEL_COLUMN_CANDIDATES] or cols[:1]
     return sum(1 for _ in ds.select_columns(small))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from hf_mixssl.data.device_views import PARAMS, ViewOps, apply_ops, device_view_transform
+from hf_mixssl.data.device_views import PARAMS, DeviceViews, ViewOps, device_view_transform
 from hf_mixssl.data.views import VIEW_RECIPES
 
 P = {n: i for i, n in enumerate(PARAMS)}
@@ -42,27 +42,66 @@ def reference(x: torch.Tensor, p: torch.Tensor, ops: ViewOps) -> tuple[torch.Ten
     return x, before
 
 
-@pytest.mark.parametrize("ops", [
-    ViewOps(jitter_p=0.8, gray_p=0.2, blur_p=0.5),                                  # MoCo v2
-    ViewOps(jitter_p=1.0, jitter=(0.4, 0.4, 0.4, 0.4), gray_p=0.2, gray_first=True),  # MoCo v1
-    ViewOps(jitter_p=0.8, jitter=(0.4, 0.4, 0.2, 0.1), gray_p=0.2, blur_p=0.1, solarize_p=0.2),  # MoCo v3 view 2
-], ids=["moco_v2", "moco_v1", "moco_v3_view2"])
-def test_batched_ops_equal_torchvision_per_sample(ops):
+OPS = {
+    "moco_v2": ViewOps(jitter_p=0.8, gray_p=0.2, blur_p=0.5),
+    "moco_v1": ViewOps(jitter_p=1.0, jitter=(0.4, 0.4, 0.4, 0.4), gray_p=0.2, gray_first=True),
+    "moco_v3_view2": ViewOps(jitter_p=0.8, jitter=(0.4, 0.4, 0.2, 0.1), gray_p=0.2, blur_p=0.1, solarize_p=0.2),
+}
+
+
+def crops_and_params(ops: ViewOps, n: int = 8, size: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 crops ``[n, 1, S, S, 3]`` as the workers ship them, and parameters with every op on some rows."""
     torch.manual_seed(0)
-    x = torch.rand(8, 3, 20, 20)
-    params = torch.stack([ops.draw() for _ in range(8)])
+    crops = torch.randint(0, 256, (n, 1, size, size, 3), dtype=torch.uint8)
+    params = torch.stack([ops.draw() for _ in range(n)])
     params[:4, [P["jitter"], P["gray"], P["blur"], P["solarize"], P["flip"]]] = 1.0  # every op on some rows
     params[0, P["gray"]] = 0.0
     params[0, P["sigma"]] = 1.7  # a wide kernel next to narrow ones in one batch
-    out = apply_ops(x.clone(), params, ops)
-    for i in range(8):
-        expected, before = reference(x[i], params[i], ops)
+    return crops, params[:, None]
+
+
+def unnormalised(ops: ViewOps, *, compile: bool = False) -> DeviceViews:
+    return DeviceViews([None], [ops], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), compile=compile)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_batched_ops_equal_torchvision_per_sample(name):
+    ops = OPS[name]
+    crops, params = crops_and_params(ops)
+    out = unnormalised(ops).finish(crops, params)[:, 0]
+    for i in range(len(crops)):
+        x = crops[i, 0].permute(2, 0, 1).float() / 255
+        expected, before = reference(x, params[i, 0], ops)
         # Luma: PIL's (and so the official pipelines') 0.299 R weight here, torchvision's 0.2989: up to 1e-4 apart,
         # which may flip a pixel lying within that distance of the solarize threshold.
-        solarized = ops.solarize_p > 0 and bool(params[i, P["solarize"]])
+        solarized = ops.solarize_p > 0 and bool(params[i, 0, P["solarize"]])
         far = (before - 128 / 255).abs() > 1e-3 if solarized else torch.ones_like(before, dtype=torch.bool)
         assert torch.allclose(out[i][far], expected[far], atol=3e-4), i
         assert far.float().mean() > 0.9
+
+
+def test_a_view_does_not_depend_on_its_batch(monkeypatch):
+    """Rows are processed in chunks on a CPU and the blur radius is the recipe's: a row's view is the same alone,
+    in any chunk, and in the whole batch."""
+    from hf_mixssl.data import device_views
+
+    ops = OPS["moco_v3_view2"]
+    crops, params = crops_and_params(ops, n=7)
+    views = unnormalised(ops)
+    whole = views.finish(crops, params)
+    monkeypatch.setattr(device_views, "CPU_CHUNK_BYTES", 2 * 3 * 20 * 20 * 4)  # two rows a chunk
+    assert torch.allclose(views.finish(crops, params), whole, atol=1e-6)
+    for i in (0, 3, 6):
+        assert torch.allclose(views.finish(crops[i:i + 1], params[i:i + 1]), whole[i:i + 1], atol=1e-6)
+
+
+def test_compiled_kernels_equal_eager():
+    """``--torch_compile`` runs the same ops through ``torch.compile`` (inductor): equal to float rounding."""
+    for name in ("moco_v1", "moco_v3_view2"):  # grayscale first / jitter, blur, grayscale and solarize
+        crops, params = crops_and_params(OPS[name])
+        eager = unnormalised(OPS[name]).finish(crops, params)
+        compiled = unnormalised(OPS[name], compile=True).finish(crops, params)
+        assert torch.allclose(compiled, eager, atol=1e-5), name
 
 
 def test_parameters_follow_the_recipe():

@@ -14,7 +14,8 @@ import hf_mixssl  # noqa: F401
 from conftest import two_process_launch
 from hf_mixssl import EMPSSLConfig, EMPSSLModel
 from hf_mixssl.models.losses import emp_ssl_terms, total_coding_rate
-from hf_mixssl.models.multipatch import MultiPatchViews, _jitter_op
+from hf_mixssl.models.multipatch import MultiPatchViews
+from hf_mixssl.models.pixel_ops import EAGER
 
 
 class TestLosses:
@@ -82,7 +83,12 @@ class TestMultiPatchViews:
                                          (2, TF.adjust_saturation, 1.4), (3, TF.adjust_hue, -0.15)])
     def test_jitter_ops_match_torchvision(self, op, fn, f):
         x = torch.rand(4, 3, 16, 16)
-        assert torch.allclose(_jitter_op(x, op, torch.full((4,), f)), fn(x, f), atol=1e-4)
+        order = torch.tensor([op] + [o for o in range(4) if o != op]).repeat(4, 1)
+        on = torch.tensor([True, True, False, True])
+        factors = torch.tensor([1.0, 1.0, 1.0, 0.0]).repeat(4, 1)  # the other three ops are the identity
+        factors[:, op] = f
+        out = EAGER.color_jitter(x.clone(), factors, order, on)
+        assert torch.allclose(out[on], fn(x[on], f), atol=1e-4) and torch.equal(out[2], x[2])
 
     def test_runs_fp32_under_bf16_autocast(self):
         images = torch.rand(8, 3, 32, 32)

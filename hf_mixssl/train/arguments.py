@@ -103,7 +103,8 @@ class PretrainArguments:
     max_grad_norm: float | None = _f(None, "clip gradients to this norm")
     channels_last: bool = _f(False, "channels-last memory layout for the model and its inputs (faster convolutions "
                                     "on GPUs with tensor cores)")
-    torch_compile: bool = _f(False, "compile the model with torch.compile (opt-in: the first steps compile)")
+    torch_compile: bool = _f(False, "compile the model, and with --augment_on device the view ops, with torch.compile "
+                                    "(opt-in: the first steps compile)")
     # ---- run
     output_dir: str = _f("runs/moco", "run directory", group="run")
     seed: int = _f(0, "seed for model init, data order and augmentation")

@@ -339,10 +339,12 @@ class Pretrainer:
         set_seed(args.seed + acc.process_index)
 
         on_device = args.augment_on == "device" or (args.augment_on == "auto" and acc.device.type == "cuda")
-        views = (device_view_transform if on_device else view_transform)(
-            args.views, size=self.config.image_size, mean=self.config.image_mean,
-            std=self.config.image_std, min_scale=args.min_crop_scale,
-        )
+        view_settings = dict(size=self.config.image_size, mean=self.config.image_mean, std=self.config.image_std,
+                             min_scale=args.min_crop_scale)
+        if on_device:
+            views = device_view_transform(args.views, **view_settings, compile=args.torch_compile)
+        else:
+            views = view_transform(args.views, **view_settings)
         logger.info("view recipe %s, colour ops on the %s", args.views, "device" if on_device else "CPU workers")
         self.stream = ImageStream(
             args.dataset, args.train_split, views, self.plan.per_device, name=args.dataset_config,

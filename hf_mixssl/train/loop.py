@@ -37,7 +37,7 @@ from ..sharing.cards import render_model_card, write_published_curve
 from ..sharing.processor import image_processor_for
 from ..sharing.hub import export_model_encoder, read_encoder_export
 from .arguments import PretrainArguments, config_field_names
-from .device import bf16_cpu_warning, to_channels_last
+from .device import bf16_cpu_warning, retain_freed_memory, to_channels_last
 from .pictures import save_pictures
 
 logger = logging.getLogger("hf_mixssl")
@@ -335,6 +335,8 @@ class Pretrainer:
         warning = bf16_cpu_warning(device_type=acc.device.type, mixed_precision=str(acc.mixed_precision))
         if warning:
             logger.warning(warning)
+        if acc.device.type == "cpu" and retain_freed_memory():
+            logger.info("CPU training: malloc keeps freed memory (no page faults for every batch-sized tensor)")
         # Training randomness (masks, lam, partners, patches) differs per rank, as each official GPU draws its own.
         set_seed(args.seed + acc.process_index)
 

@@ -110,6 +110,8 @@ def test_gpu_check_smoke_runs_on_the_cpu(tmp_path, cifar10):
     cases = {r["case"] for r in report["rows"]}
     assert len(cases) == 3 and len(report["rows"]) == 9  # limit, device-fed and CPU-fed per case
     assert all(r["images_per_sec"] > 0 and r["peak_mib"] > 0 for r in report["rows"])
+    assert [r["row"] for r in report["view_ops"]] == ["MoCo v2 device view ops, eager"]  # compiled: not in --smoke
+    assert report["view_ops"][0]["ms_per_image"] > 0 and report["view_ops"][0]["vs_step"] > 0
     assert 0.0 <= report["knn_run"]["knn_top1"] <= 1.0
     assert "| MoCo v2 ResNet-50 224 px | synthetic tensors on the device (limit) |" in proc.stdout
 

@@ -4,6 +4,7 @@ Rows, each as images/s with peak GPU memory: a step on synthetic tensors already
 then the same step fed by our pipeline (synthetic ImageNet-like JPEGs it makes, decoded and augmented by the data
 workers) with the colour ops on the device and on the CPU; for MoCo v2 ResNet-50 224 px, MAE ViT-B/16 224 px and
 MoCo v2 CIFAR (ResNet-18 CIFAR stem, batch 512, 32 px). Steps run in bf16 autocast with channels-last inputs.
+Then the device view ops alone, eager and compiled, in ms per image and as a fraction of the R-50 step.
 Then a MoCo v2 CIFAR run of the ``moco_v2_cifar`` preset for about ``--knn_minutes`` on the real CIFAR-10 and its
 kNN top-1. ``--smoke`` runs every row with tiny models, batches and step counts on any device (the test suite
 runs it on the CPU).
@@ -151,6 +152,34 @@ def check_rows(args, device: torch.device) -> list[dict]:
     return rows
 
 
+def view_ops_rows(args, device: torch.device, step_rate: float) -> list[dict]:
+    """ms per image of the device view ops alone (``DeviceViews.finish``: two MoCo v2 views at 224 px from uint8
+    crops, at the 224 px batch), eager and compiled (``--torch_compile``; not with ``--smoke``), and that time as a
+    fraction of a MoCo v2 ResNet-50 step per image (``step_rate``: its limit row)."""
+    from hf_mixssl.data.device_views import device_view_transform
+
+    size, batch, reps = (64, 8, 2) if args.smoke else (224, args.batch_size, 10)
+    rows = []
+    for compile in (False,) if args.smoke else (False, True):
+        views = device_view_transform("moco_v2", size=size, compile=compile)
+        torch.manual_seed(0)
+        crops = torch.randint(0, 256, (batch, 2, size, size, 3), dtype=torch.uint8).to(device)
+        params = torch.stack([torch.stack([ops.draw() for ops in views.ops]) for _ in range(batch)]).to(device)
+        for _ in range(3):  # warm-up (and compilation)
+            views.finish(crops, params)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            views.finish(crops, params)
+        _sync(device)
+        ms = (time.perf_counter() - start) / (reps * batch) * 1e3
+        row = {"row": f"MoCo v2 device view ops, {'compiled' if compile else 'eager'}", "ms_per_image": ms,
+               "vs_step": ms * step_rate / 1e3}
+        rows.append(row)
+        print(f"| {row['row']} | {ms:.3f} | {row['vs_step']:.3f} |", flush=True)
+    return rows
+
+
 def knn_run(args, cifar_rate: float, device: torch.device) -> dict:
     """The ``moco_v2_cifar`` preset for about ``--knn_minutes`` (steps from the measured rate) and its kNN."""
     from hf_mixssl.train.arguments import parse_args
@@ -197,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | feed | images/s | vs limit | peak memory (MiB) |\n|---|---|---|---|---|", flush=True)
     report: dict = {"device": name, "torch": torch.__version__, "workers": args.workers}
     report["rows"] = rows = check_rows(args, device)
+    print("\n| view ops (batch of two 224 px views) | ms per image | of a MoCo v2 R-50 step |\n|---|---|---|",
+          flush=True)
+    report["view_ops"] = view_ops_rows(args, device, rows[0]["images_per_sec"])
     cifar = [r for r in rows if r["case"].startswith("MoCo v2 CIFAR") and "device" in r["feed"]][0]
     if device.type == "cuda":
         os.environ.setdefault("ACCELERATE_MIXED_PRECISION", "bf16")

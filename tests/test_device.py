@@ -117,17 +117,19 @@ def test_gpu_check_smoke_runs_on_the_cpu(tmp_path, cifar10):
 
 
 @pytest.mark.slow
-def test_torch_compile_trains_as_eager(tmp_path, cifar10):
+@pytest.mark.parametrize("augment_on", ["cpu", "device"])
+def test_torch_compile_trains_as_eager(tmp_path, cifar10, augment_on):
     """``--torch_compile`` (inductor on this CPU; minutes of compilation, hence slow): the same two steps as eager,
-    the loss equal to float tolerance, and the saved model loads without the compiled wrapper's names."""
+    the loss equal to float tolerance, and the saved model loads without the compiled wrapper's names. With
+    ``--augment_on device`` the view ops are compiled too."""
     from transformers import AutoModel
 
     def losses(out):
         return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()
                 if '"loss"' in line]
 
-    run_pretrain(tiny_run(tmp_path / "eager", cifar10, max_steps=2))
-    run_pretrain(tiny_run(tmp_path / "compiled", cifar10, max_steps=2, torch_compile=True))
+    run_pretrain(tiny_run(tmp_path / "eager", cifar10, max_steps=2, augment_on=augment_on))
+    run_pretrain(tiny_run(tmp_path / "compiled", cifar10, max_steps=2, torch_compile=True, augment_on=augment_on))
     assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-3)
     AutoModel.from_pretrained(tmp_path / "compiled")  # strict load: no _orig_mod. prefixes
 

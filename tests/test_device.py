@@ -43,6 +43,12 @@ print(applied, sorted(faults[1:])[4])  # the median round after the first
     assert int(out["defaults"][1]) > 15000, out
 
 
+@pytest.mark.parametrize("retain", [True, False])
+def test_cpu_training_retains_freed_memory_unless_told(tmp_path, cifar10, retain):
+    run_pretrain(tiny_run(tmp_path, cifar10, max_steps=1, retain_freed_memory=retain))
+    assert ("malloc keeps the memory it frees" in (tmp_path / "train.log").read_text()) == retain
+
+
 def test_bf16_warning_only_where_it_is_a_trap():
     message = bf16_cpu_warning(device_type="cpu", mixed_precision="bf16", flags={"avx2"})
     assert "10x slower" in message and "--mixed_precision no" in message

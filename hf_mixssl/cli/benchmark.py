@@ -265,10 +265,6 @@ def per_image_costs(args) -> list[dict]:
     from hf_mixssl.data.stream import _Chunk, process_chunk
     from hf_mixssl.data.views import PILGaussianBlur
 
-    from hf_mixssl.train.device import retain_freed_memory
-
-    if not args.malloc_defaults:
-        retain_freed_memory()  # as the trainer on a CPU
     path = synthetic_imagenet(Path(args.data_dir), images=args.data_images)
     table = pq.read_table(next((path / "data").glob("*.parquet")))
     blobs = [cell["bytes"] for cell in table.column("image").to_pylist()][:64]
@@ -559,7 +555,8 @@ def main(argv=None) -> int:
     p.add_argument("--data_batch_size", type=int, default=32, help="suite data: batch size")
     p.add_argument("--data_workers", type=int, nargs="+", default=[0, 1, 2], help="suite data: worker counts")
     p.add_argument("--malloc_defaults", action="store_true",
-                   help="suite data: leave glibc's malloc thresholds as they are (the trainer raises them on a CPU)")
+                   help="leave glibc's malloc thresholds as they are (on a CPU the trainer, and by default the "
+                        "benchmark, keep freed memory: hf_mixssl.train.device.retain_freed_memory)")
     p.add_argument("--emp_images", type=int, default=100)
     p.add_argument("--emp_patches", type=int, default=20)
     p.add_argument("--mae_backbone", default="vit_tiny_patch16_224")
@@ -570,6 +567,10 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and not args.malloc_defaults:
+        from hf_mixssl.train.device import retain_freed_memory
+
+        retain_freed_memory()  # as the trainer does on a CPU
     torch.manual_seed(0)
     precision = "bf16 autocast" if args.bf16 else "fp32"
     report: dict = {"device": device.type, "torch": torch.__version__}

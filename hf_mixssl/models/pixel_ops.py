@@ -71,8 +71,12 @@ def blend_step(x: torch.Tensor, op: torch.Tensor, factors: torch.Tensor,
     a = torch.where(blends, f, 1.0)
     b = torch.where(op == 2, 1.0 - f, 0.0)
     c = torch.where(op == 1, (1.0 - f) * mean_luma, 0.0)
-    y = torch.where(_col(blends), (_col(a) * x + _col(b) * grayscale(x) + _col(c)).clamp(0.0, 1.0), x)
-    return y, channel_means(y)
+    # (a, b, c) = (1, 0, 0) leaves a row exactly as it is (x is in [0, 1]): no select needed. In-place adds: the
+    # fastest eager form measured (compiled, every form is one loop).
+    y = x * _col(a)
+    y += _col(c)
+    y += _col(b) * grayscale(x)
+    return y.clamp_(0.0, 1.0), channel_means(y)
 
 
 def hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

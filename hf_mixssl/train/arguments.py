@@ -105,6 +105,8 @@ class PretrainArguments:
                                     "on GPUs with tensor cores)")
     torch_compile: bool = _f(False, "compile the model, and with --augment_on device the view ops, with torch.compile "
                                     "(opt-in: the first steps compile)")
+    retain_freed_memory: bool = _f(True, "on a CPU, malloc keeps the memory it frees (faster steps: no page faults "
+                                         "for each batch-sized tensor; the resident size stays at its peak)")
     # ---- run
     output_dir: str = _f("runs/moco", "run directory", group="run")
     seed: int = _f(0, "seed for model init, data order and augmentation")

@@ -335,8 +335,8 @@ class Pretrainer:
         warning = bf16_cpu_warning(device_type=acc.device.type, mixed_precision=str(acc.mixed_precision))
         if warning:
             logger.warning(warning)
-        if acc.device.type == "cpu" and retain_freed_memory():
-            logger.info("CPU training: malloc keeps freed memory (no page faults for every batch-sized tensor)")
+        if acc.device.type == "cpu" and args.retain_freed_memory and retain_freed_memory():
+            logger.info("CPU training: malloc keeps the memory it frees (--no-retain_freed_memory to return it)")
         # Training randomness (masks, lam, partners, patches) differs per rank, as each official GPU draws its own.
         set_seed(args.seed + acc.process_index)
 

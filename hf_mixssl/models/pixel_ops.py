@@ -4,8 +4,8 @@ The device half of every view recipe (:mod:`hf_mixssl.data.device_views`) and EM
 (:mod:`.multipatch`) are built from these. Each op is a pure tensor function written for fusion: per-row
 parameters broadcast over the planes, no data-dependent Python control flow inside an op, contiguous channel
 planes (a reduction across the channel dim of NCHW is slow on a CPU). Ops that apply to few rows and cost many
-flops a pixel (hue, blur) are applied to the rows that need them by :func:`on_rows`; the cheap blends run on
-every row with identity parameters where they do not apply.
+flops a pixel (hue, blur) run only on the rows that draw them (gathered and written back whole); the cheap
+blends run on every row, with identity parameters where they do not apply.
 
 :data:`EAGER` runs them as they are; :func:`compiled` returns the same functions through ``torch.compile``, where
 each op becomes one or two fused loops over the planes (the device views on a CPU: see the README's Benchmarks).
@@ -118,7 +118,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Te
     """Separable Gaussian blur of every row with its own ``sigma [N]``, taps ``-radius..radius``, reflect padding.
 
     Compiled, as ``2 radius + 1`` shifted multiply-adds per direction over a reflect-padded copy (contiguous
-    slices: one vectorised loop per direction, 4x faster on a CPU than the grouped convolution compiled); eager,
+    slices: one vectorised loop per direction, 2.4x faster on a CPU than the grouped convolution compiled); eager,
     as two grouped convolutions (one kernel each, where the shifted adds would launch ~50)."""
     n, c, h, w = x.shape
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)

@@ -83,13 +83,13 @@ def test_batched_ops_equal_torchvision_per_sample(name):
 def test_a_view_does_not_depend_on_its_batch(monkeypatch):
     """Rows are processed in chunks on a CPU and the blur radius is the recipe's: a row's view is the same alone,
     in any chunk, and in the whole batch."""
-    from hf_mixssl.data import device_views
+    from hf_mixssl.models import pixel_ops
 
     ops = OPS["moco_v3_view2"]
     crops, params = crops_and_params(ops, n=7)
     views = unnormalised(ops)
     whole = views.finish(crops, params)
-    monkeypatch.setattr(device_views, "CPU_CHUNK_BYTES", 2 * 3 * 20 * 20 * 4)  # two rows a chunk
+    monkeypatch.setattr(pixel_ops, "CPU_CHUNK_BYTES", 2 * 3 * 20 * 20 * 4)  # two rows a chunk
     assert torch.allclose(views.finish(crops, params), whole, atol=1e-6)
     for i in (0, 3, 6):
         assert torch.allclose(views.finish(crops[i:i + 1], params[i:i + 1]), whole[i:i + 1], atol=1e-6)

@@ -62,6 +62,15 @@ class TestMultiPatchViews:
             assert len(distinct) == 6
         assert not torch.equal(a, views(images, generator=torch.Generator().manual_seed(1)))
 
+    def test_patches_do_not_depend_on_the_cpu_chunking(self, monkeypatch):
+        from hf_mixssl.models import pixel_ops
+
+        images = torch.rand(4, 3, 32, 32)
+        views = MultiPatchViews(num_patches=5, blur_p=0.5, solarize_p=0.5)
+        whole = views(images, generator=torch.Generator().manual_seed(0))
+        monkeypatch.setattr(pixel_ops, "CPU_CHUNK_BYTES", 3 * 3 * 32 * 32 * 4)  # three patches a chunk
+        assert torch.allclose(views(images, generator=torch.Generator().manual_seed(0)), whole, atol=1e-6)
+
     def test_crop_takes_a_quarter_of_the_right_image(self):
         images = torch.rand(3, 3, 32, 32)
         views = MultiPatchViews(num_patches=4, flip_p=0.0)

@@ -7,7 +7,7 @@ parameter of the view from the per-sample seeded generator: ``[flip, jitter?, br
 blur?, sigma, solarize?]`` (:data:`PARAMS`). The device then applies flip, colour jitter (the four ops in each
 sample's own order, as torchvision's ``ColorJitter``), grayscale, Gaussian blur, solarize and normalisation to
 the whole batch at once (:func:`apply_ops`, built from :mod:`hf_mixssl.models.pixel_ops`, as EMP-SSL's patch
-generator is; on a CPU in cache-sized chunks of rows). Views are reproducible per sample and depend neither on
+generator is; on a CPU in cache-sized chunks of rows, :func:`hf_mixssl.models.pixel_ops.chunks`). Views are reproducible per sample and depend neither on
 the worker count nor on the batch they are in, as on the CPU path.
 
 Same distributions as the CPU recipes (and the official transforms); numerical differences: the colour ops run
@@ -92,11 +92,6 @@ def apply_ops(x: torch.Tensor, params: torch.Tensor, ops: ViewOps, *, mean: Sequ
     k.gray_solarize_normalize(x, gray, solarize, mean, std, out)
 
 
-# Rows per pass on a CPU: about 4 MiB of float planes stay in cache between the ops (at 224 px: 6 views; the
-# whole batch at once was 1.4x slower eager, each op streaming it through memory). On CUDA: the whole batch.
-CPU_CHUNK_BYTES = 4 << 20
-
-
 class DeviceViews:
     """``PIL -> (uint8 crops [V, S, S, C], params [V, len(PARAMS)])`` in the workers; :meth:`finish` on the
     device turns a batch into normalised float views ``[B, V, C, S, S]``.
@@ -125,13 +120,12 @@ class DeviceViews:
         k = pixel_ops.compiled() if self.compile else EAGER
         b, v, h, w, c = x.shape
         out = torch.empty(b, v, c, h, w, device=x.device)
-        rows = b if x.device.type != "cpu" else max(1, CPU_CHUNK_BYTES // (4 * c * h * w))
         with torch.autocast(x.device.type, enabled=False):  # pixel arithmetic stays fp32 under bf16 training
             for view, ops in enumerate(self.ops):
-                for i in range(0, b, rows):
-                    p = params[i:i + rows, view]
-                    planes = k.to_planes(x[i:i + rows, view], p[:, _P["flip"]] > 0)
-                    apply_ops(planes, p, ops, mean=self.mean, std=self.std, out=out[i:i + rows, view], k=k)
+                for rows in pixel_ops.chunks(b, out[0, view]):  # on a CPU: rows that stay in cache
+                    p = params[rows, view]
+                    planes = k.to_planes(x[rows, view], p[:, _P["flip"]] > 0)
+                    apply_ops(planes, p, ops, mean=self.mean, std=self.std, out=out[rows, view], k=k)
         return out
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .pixel_ops import EAGER, blur_radius, on_rows
+from .pixel_ops import EAGER, blur_radius, chunks, on_rows
 
 
 def _rand(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -98,9 +98,10 @@ class MultiPatchViews:
         s_lo, s_hi = self.blur_sigma
         sigma = s_lo + (s_hi - s_lo) * _rand(n, x, generator)
         solarize = _rand(n, x, generator) < self.solarize_p
-        x = EAGER.color_jitter(x, factors, order, jitter)
-        # blur before grayscale: both linear and the same per channel, so they commute (as in the device views)
-        x = on_rows(EAGER.gaussian_blur, x, blur, sigma, radius=blur_radius(s_hi, self.size))
         out = torch.empty_like(x)
-        EAGER.gray_solarize_normalize(x, gray, solarize, self.mean, self.std, out)
+        for rows in chunks(n, x[0]):  # on a CPU: rows that stay in cache
+            part = EAGER.color_jitter(x[rows], factors[rows], order[rows], jitter[rows])
+            # blur before grayscale: both linear and the same per channel, so they commute (as in the device views)
+            part = on_rows(EAGER.gaussian_blur, part, blur[rows], sigma[rows], radius=blur_radius(s_hi, self.size))
+            EAGER.gray_solarize_normalize(part, gray[rows], solarize[rows], self.mean, self.std, out[rows])
         return out

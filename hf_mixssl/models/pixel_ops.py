@@ -165,6 +165,17 @@ def on_rows(fn: Callable[..., torch.Tensor], x: torch.Tensor, rows: torch.Tensor
     return x
 
 
+# Rows per pass on a CPU: about 4 MiB of float planes stay in cache between the ops (224 px device views: the whole
+# batch at once was 1.4x slower, each op streaming it through memory). On other devices: every row at once.
+CPU_CHUNK_BYTES = 4 << 20
+
+
+def chunks(n: int, row: torch.Tensor) -> list[slice]:
+    """The row slices of ``n`` rows like ``row`` (one image ``[3, H, W]``) to run the ops on, one after another."""
+    step = n if row.device.type != "cpu" else max(1, CPU_CHUNK_BYTES // (row.numel() * row.element_size()))
+    return [slice(i, i + step) for i in range(0, n, step)]
+
+
 @dataclass(frozen=True)
 class Kernels:
     """The ops as called by the pipelines: eager (:data:`EAGER`) or compiled (:func:`compiled`)."""

@@ -69,9 +69,9 @@ def retain_freed_memory() -> bool:
     every page again at each use (the CUDA caching allocator exists to avoid the same cost on GPUs). Measured on
     this project's 2-core CPU, side by side: the batched device view ops of two 224 px views took 1.9 ms an image
     with glibc's defaults and 1.0-1.1 ms with these settings; a ResNet-18 training step ran 6% (32 px) and 17%
-    (224 px) faster; the EMP-SSL benchmark step (2000 patches, bf16) 1.6x faster. The price is memory: freed
+    (224 px) faster; the EMP-SSL benchmark step (2000 patches, bf16) 1.55x faster. The price is memory: freed
     blocks stay in the process and the heap fragments, so the resident size stays at its peak, and that peak grew
-    from 6.2 to 9.6 GiB in the EMP-SSL benchmark. The trainer sets this on a CPU unless
+    from 6.4 to 9.2 GiB in the EMP-SSL benchmark. The trainer sets this on a CPU unless
     ``--no-retain_freed_memory``; it cannot be undone within the process.
     """
     if not sys.platform.startswith("linux"):

@@ -294,18 +294,11 @@ def per_image_costs(args) -> list[dict]:
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     crops, params = crops.to(device), params.to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def finish_ms(compile: bool) -> float:
-        split.compile = compile
-        for _ in range(3):  # warm-up: compiling (compiled kernels) and the allocator's heap reaching its size
-            split.finish(crops, params)
-        sync()
-        start = time.perf_counter()
-        for _ in range(5):
-            split.finish(crops, params)
-        sync()
-        return (time.perf_counter() - start) / (5 * n) * 1e3
+        views = device_view_transform("moco_v2", size=224, compile=compile)
+        # warm-up: compiling (compiled kernels) and the allocator's heap reaching its size
+        return time_steps(lambda: views.finish(crops, params), steps=5, warmup=3, device=device) / n * 1e3
 
     eager_ms, compiled_ms = finish_ms(False), finish_ms(True)
     return [

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .benchmark import PeakMemory, synthetic_imagenet
+from .benchmark import PeakMemory, synthetic_imagenet, time_steps
 
 
 def _autocast(device: torch.device):
@@ -165,14 +165,8 @@ def view_ops_rows(args, device: torch.device, step_rate: float) -> list[dict]:
         torch.manual_seed(0)
         crops = torch.randint(0, 256, (batch, 2, size, size, 3), dtype=torch.uint8).to(device)
         params = torch.stack([torch.stack([ops.draw() for ops in views.ops]) for _ in range(batch)]).to(device)
-        for _ in range(3):  # warm-up (and compilation)
-            views.finish(crops, params)
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            views.finish(crops, params)
-        _sync(device)
-        ms = (time.perf_counter() - start) / (reps * batch) * 1e3
+        seconds = time_steps(lambda: views.finish(crops, params), steps=reps, warmup=3, device=device)  # + compiling
+        ms = seconds / batch * 1e3
         row = {"row": f"MoCo v2 device view ops, {'compiled' if compile else 'eager'}", "ms_per_image": ms,
                "vs_step": ms * step_rate / 1e3}
         rows.append(row)

@@ -3,19 +3,20 @@
 The workers only decode and take each view's crop at the target size (``RandomResizedCrop`` or the CIFAR
 pad-and-crop, as :mod:`hf_mixssl.data.views`), as ``uint8`` in the decoded ``H x W x C`` layout (the transpose
 to ``C x H x W`` costs a worker 0.12 ms an image and the device next to nothing), and draw every other random
-parameter of the view from the per-sample seeded generator: ``[flip, jitter?, brightness, contrast, saturation, hue, order x4, gray?,
-blur?, sigma, solarize?]`` (:data:`PARAMS`). The device then applies flip, colour jitter (the four ops in each
-sample's own order, as torchvision's ``ColorJitter``), grayscale, Gaussian blur, solarize and normalisation to
-the whole batch at once (:func:`apply_ops`, built from :mod:`hf_mixssl.models.pixel_ops`, as EMP-SSL's patch
-generator is; on a CPU in cache-sized chunks of rows, :func:`hf_mixssl.models.pixel_ops.chunks`). Views are reproducible per sample and depend neither on
-the worker count nor on the batch they are in, as on the CPU path.
+parameter of the view from the per-sample seeded generator: ``[flip, jitter?, brightness, contrast, saturation,
+hue, order x4, gray?, blur?, sigma, solarize?]`` (:data:`PARAMS`). The device then applies flip, colour jitter
+(the four ops in each sample's own order, as torchvision's ``ColorJitter``), grayscale, Gaussian blur, solarize
+and normalisation to the whole batch at once (:func:`apply_ops`, built from :mod:`hf_mixssl.models.pixel_ops`,
+as EMP-SSL's patch generator is; on a CPU in cache-sized chunks of rows, :func:`~hf_mixssl.models.pixel_ops.chunks`).
+Views are reproducible per sample and depend neither on the worker count nor on the batch they are in, as on the
+CPU path.
 
 Same distributions as the CPU recipes (and the official transforms); numerical differences: the colour ops run
 in float32 on the device without re-quantising to 8 bits between ops (PIL works in uint8), the Gaussian blur is
-an exact separable Gaussian of radius ``ceil(3 sigma_max)`` of the recipe's range with reflect padding (PIL's ``GaussianBlur(radius=sigma)``
-approximates it with three box blurs), hue uses torchvision's tensor formula (PIL converts through HSV in
-uint8), and luma (grayscale, contrast, saturation) weighs R by PIL's 0.299 (torchvision's tensor ops: 0.2989).
-Flip commutes with the other ops, so it is applied first.
+an exact separable Gaussian of radius ``ceil(3 sigma_max)`` of the recipe's range with reflect padding (PIL's
+``GaussianBlur(radius=sigma)`` approximates it with three box blurs), hue uses torchvision's tensor formula (PIL
+converts through HSV in uint8), and luma (grayscale, contrast, saturation) weighs R by PIL's 0.299
+(torchvision's tensor ops: 0.2989). Flip commutes with the other ops, so it is applied first.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torchvision.transforms import v2
 
 from ..models import pixel_ops
 from ..models.config_fields import IMAGENET_MEAN, IMAGENET_STD
-from ..models.pixel_ops import EAGER, Kernels, blur_radius, on_rows
+from ..models.pixel_ops import EAGER, Kernels, blur_radius
 
 # Column of each parameter in a view's parameter vector.
 PARAMS = ("flip", "jitter", "brightness", "contrast", "saturation", "hue", "order0", "order1", "order2", "order3",
@@ -74,22 +75,16 @@ def apply_ops(x: torch.Tensor, params: torch.Tensor, ops: ViewOps, *, mean: Sequ
               out: torch.Tensor, k: Kernels = EAGER) -> None:
     """One view's device ops after the flip, then ``(x - mean) / std`` into ``out``: ``x [N, 3, H, W]`` float in
     [0, 1] (rows may be written in place), ``params [N, len(PARAMS)]``; ``k`` the eager or compiled kernels. Ops not
-    in the recipe are skipped.
-
-    The blur runs before the grayscale: both are linear and the same per channel, so they commute (to float
-    rounding), and grayscale, solarize and normalisation then share one pass."""
+    in the recipe are skipped (:meth:`~hf_mixssl.models.pixel_ops.Kernels.jitter_blur_finish`)."""
     on = {name: params[:, _P[name]] > 0 for name in ("jitter", "gray", "blur", "solarize")}
+    none = torch.zeros_like(on["gray"])
     if ops.gray_p > 0 and ops.gray_first:
         x = k.set_gray(x, on["gray"])
-    if ops.jitter_p > 0:
-        x = k.color_jitter(x, params[:, _P["brightness"]:_P["hue"] + 1], params[:, _P["order0"]:_P["order3"] + 1],
-                           on["jitter"])
-    if ops.blur_p > 0:
-        x = on_rows(k.gaussian_blur, x, on["blur"], params[:, _P["sigma"]],
-                    radius=blur_radius(ops.blur_sigma[1], min(x.shape[-2:])))
-    gray = on["gray"] if ops.gray_p > 0 and not ops.gray_first else torch.zeros_like(on["gray"])
-    solarize = on["solarize"] if ops.solarize_p > 0 else torch.zeros_like(on["solarize"])
-    k.gray_solarize_normalize(x, gray, solarize, mean, std, out)
+    jitter = (params[:, _P["brightness"]:_P["hue"] + 1], params[:, _P["order0"]:_P["order3"] + 1], on["jitter"])
+    blur = (on["blur"], params[:, _P["sigma"]], blur_radius(ops.blur_sigma[1], min(x.shape[-2:])))
+    k.jitter_blur_finish(x, out, jitter=jitter if ops.jitter_p > 0 else None, blur=blur if ops.blur_p > 0 else None,
+                         gray=on["gray"] if ops.gray_p > 0 and not ops.gray_first else none,
+                         solarize=on["solarize"] if ops.solarize_p > 0 else none, mean=mean, std=std)
 
 
 class DeviceViews:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .pixel_ops import EAGER, blur_radius, chunks, on_rows
+from .pixel_ops import EAGER, blur_radius, chunks
 
 
 def _rand(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -99,9 +99,9 @@ class MultiPatchViews:
         sigma = s_lo + (s_hi - s_lo) * _rand(n, x, generator)
         solarize = _rand(n, x, generator) < self.solarize_p
         out = torch.empty_like(x)
+        radius = blur_radius(s_hi, self.size)
         for rows in chunks(n, x[0]):  # on a CPU: rows that stay in cache
-            part = EAGER.color_jitter(x[rows], factors[rows], order[rows], jitter[rows])
-            # blur before grayscale: both linear and the same per channel, so they commute (as in the device views)
-            part = on_rows(EAGER.gaussian_blur, part, blur[rows], sigma[rows], radius=blur_radius(s_hi, self.size))
-            EAGER.gray_solarize_normalize(part, gray[rows], solarize[rows], self.mean, self.std, out[rows])
+            EAGER.jitter_blur_finish(x[rows], out[rows], jitter=(factors[rows], order[rows], jitter[rows]),
+                                     blur=(blur[rows], sigma[rows], radius), gray=gray[rows],
+                                     solarize=solarize[rows], mean=self.mean, std=self.std)
         return out

@@ -203,6 +203,21 @@ class Kernels:
                 means[rows] = y_means
         return x
 
+    def jitter_blur_finish(self, x: torch.Tensor, out: torch.Tensor, *, jitter: tuple | None,
+                           blur: tuple | None, gray: torch.Tensor, solarize: torch.Tensor, mean: Sequence[float],
+                           std: Sequence[float]) -> None:
+        """The view ops after the crop (and any grayscale that comes first), in their order, written into ``out``:
+        ``jitter = (factors, order, on)`` for :meth:`color_jitter`, ``blur = (on, sigma, radius)`` for
+        :func:`gaussian_blur` on the rows with ``on`` (``None``: the op is not in the recipe), then
+        :func:`gray_solarize_normalize`. The blur runs before the grayscale: both are linear and the same per
+        channel, so they commute (to float rounding), and grayscale, solarize and normalisation share one pass."""
+        if jitter is not None:
+            x = self.color_jitter(x, *jitter)
+        if blur is not None:
+            on, sigma, radius = blur
+            x = on_rows(self.gaussian_blur, x, on, sigma, radius=radius)
+        self.gray_solarize_normalize(x, gray, solarize, mean, std, out)
+
 
 EAGER = Kernels()
 
